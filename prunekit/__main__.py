@@ -1,0 +1,3 @@
+from prunekit.cli.main import main
+
+raise SystemExit(main())

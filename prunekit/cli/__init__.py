@@ -1,0 +1,1 @@
+"""The ``prunekit`` command line."""

@@ -1,0 +1,243 @@
+"""``prunekit`` command line: list, prune, demo.
+
+Recipe flags are derived from :class:`prunekit.recipe.PruneRecipe` fields (their help text comes from the
+field metadata), so the YAML key ``scorer``, the flag ``--scorer`` and ``prunekit list scorers`` are one thing.
+Errors a user can fix print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.recipe import PruneRecipe, Targets, load_recipe, recipe_from_dict, recipe_to_dict, set_path
+
+EXIT_USAGE = 2
+_COMPONENT_FIELDS = ("scorer", "allocator", "schedule")
+_SKIP = {"targets", "overrides", "version"}
+
+
+def _registries() -> dict[str, Any]:
+    from prunekit.allocation import ALLOCATORS
+    from prunekit.models import MODELS
+    from prunekit.patterns import PATTERNS
+    from prunekit.schedules import SCHEDULES
+    from prunekit.scoring import SCORERS
+
+    return {"scorers": SCORERS, "allocators": ALLOCATORS, "patterns": PATTERNS, "schedules": SCHEDULES, "models": MODELS}
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per recipe field, help from the field's metadata; components take a name or a YAML mapping."""
+    g = p.add_argument_group("recipe fields (override the recipe file)")
+    for f in dataclasses.fields(PruneRecipe):
+        if f.name in _SKIP:
+            continue
+        extra = " (a name, or a YAML mapping such as '{name: magnitude, p: 2}')" if f.name in _COMPONENT_FIELDS else ""
+        g.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f"r_{f.name}", metavar=f.name.upper(), help=f.metadata.get("help", "") + extra
+        )
+    for f in dataclasses.fields(Targets):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type in ("bool", bool):
+            g.add_argument(flag, dest=f"t_{f.name}", action="store_true", default=None, help=f.metadata.get("help", ""))
+        elif f.name in ("types", "include", "exclude"):
+            g.add_argument(
+                flag, dest=f"t_{f.name}", action="append", metavar="GLOB", help=f.metadata.get("help", "") + " (repeatable)"
+            )
+        else:
+            g.add_argument(flag, dest=f"t_{f.name}", help=f.metadata.get("help", ""))
+    g.add_argument("--override", action="append", default=[], metavar="GLOB=SPARSITY", help="per-layer sparsity (repeatable)")
+    g.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="set any recipe key, e.g. --set scorer.p=2 (repeatable)"
+    )
+
+
+def recipe_from_args(args: argparse.Namespace) -> PruneRecipe:
+    data: dict[str, Any] = recipe_to_dict(load_recipe(args.recipe)) if getattr(args, "recipe", None) else {}
+    if not data:
+        data = {}
+    for f in dataclasses.fields(PruneRecipe):
+        v = getattr(args, f"r_{f.name}", None)
+        if v is not None:
+            data[f.name] = _yaml_value(v) if f.name != "pattern" else v
+    targets = dict(data.get("targets") or {})
+    for f in dataclasses.fields(Targets):
+        v = getattr(args, f"t_{f.name}", None)
+        if v is not None:
+            targets[f.name] = v
+    if targets:
+        data["targets"] = targets
+    for item in args.override:
+        glob, sep, val = item.partition("=")
+        if not sep:
+            raise ConfigError("--override", item, "expected GLOB=SPARSITY, e.g. --override 'fc3*=0.5'")
+        data.setdefault("overrides", {})[glob] = _yaml_value(val)
+    for item in args.set:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "expected KEY=VALUE, e.g. --set scorer.p=2")
+        set_path(data, key, _yaml_value(val))
+    return recipe_from_dict(data)
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    regs = _registries()
+    kinds = [args.kind] if args.kind else list(regs)
+    for kind in kinds:
+        print(f"{kind}:")
+        for name, doc in regs[kind].describe():
+            print(f"  {name:<16} {doc}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from prunekit.loaders import load_model, save_pruned
+    from prunekit.pruner import Pruner
+    from prunekit.report import sparsity_report
+
+    recipe = recipe_from_args(args)
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError("--out", str(out), "already exists; prunekit never overwrites, choose a new directory")
+    loaded = load_model(args.model)
+    if loaded.target_modules is not None and recipe.targets == Targets():
+        recipe = recipe.replace(targets=Targets(types=("*",), include=loaded.target_modules or ("<none>",)))
+    pruner = Pruner(recipe).attach(loaded.model)
+    pruner.prune_()
+    rep = sparsity_report(loaded.model, loaded.example)
+    save_pruned(loaded, out, recipe=recipe_to_dict(recipe), report=rep.to_dict(), pruner_state=pruner.state_dict())
+    (out / "report.md").write_text(rep.to_markdown() + "\n", encoding="utf-8")
+    print(rep.to_markdown())
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prunekit.checkpoint import save_checkpoint
+    from prunekit.demo import MODEL_SPEC, run_demo
+    from prunekit.recipe import recipe_to_dict
+
+    if not 0.0 <= args.sparsity < 1.0:
+        raise ConfigError("--sparsity", args.sparsity, "must be in [0, 1)")
+    if args.out and Path(args.out).exists():
+        raise ConfigError("--out", args.out, "already exists; choose a new directory")
+    r = run_demo(sparsity=args.sparsity, dense_epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    d, p = r.dense, r.pruned
+    rows = [
+        ("test accuracy", f"{r.dense_accuracy:.2%}", f"{r.pruned_accuracy:.2%}"),
+        ("sparsity of pruned layers", f"{d.masked_sparsity:.2%}", f"{p.masked_sparsity:.2%}"),
+        ("non-zero parameters", _fmt_int(d.total_nonzero), _fmt_int(p.total_nonzero)),
+        ("effective FLOPs / sample", _fmt_int(d.effective_flops), _fmt_int(p.effective_flops)),
+        ("size (bytes; values + bitmap)", _fmt_int(d.compressed_bytes), _fmt_int(p.compressed_bytes)),
+    ]
+    print("prunekit demo: MLP 64-256-128-10 on scikit-learn digits (1,797 images, 20 % held out)")
+    print(f"gradual cubic schedule (Zhu & Gupta 2017), global magnitude, target {args.sparsity:.0%}\n")
+    print(f"| {'':<30} | {'dense':>12} | {'pruned':>12} |")
+    print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|")
+    for name, a, b in rows:
+        print(f"| {name:<30} | {a:>12} | {b:>12} |")
+    print(f"\naccuracy change {100 * (r.pruned_accuracy - r.dense_accuracy):+.2f} points; took {r.seconds:.1f} s")
+    if args.out:
+        save_checkpoint(
+            args.out,
+            r.pruned_model,
+            model_spec=MODEL_SPEC,
+            recipe=recipe_to_dict(r.recipe),
+            pruner_state=r.pruner_state,
+            extra={
+                "input_shape": [1, 64],
+                "report": p.to_dict(),
+                "dense_accuracy": r.dense_accuracy,
+                "pruned_accuracy": r.pruned_accuracy,
+            },
+        )
+        print(f"wrote pruned checkpoint to {args.out} (try: prunekit prune --model {args.out} --sparsity 0.95 --out OUT)")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dense_accuracy": r.dense_accuracy,
+                    "pruned_accuracy": r.pruned_accuracy,
+                    "sparsity": p.masked_sparsity,
+                    "seconds": r.seconds,
+                }
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prunekit import __version__
+
+    p = argparse.ArgumentParser(prog="prunekit", description="Prune and sparsify PyTorch models.")
+    p.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pl = sub.add_parser("list", help="list registered scorers, allocators, patterns, schedules and models")
+    pl.add_argument("kind", nargs="?", choices=sorted(_registries()), help="only this kind")
+    pl.set_defaults(fn=cmd_list)
+
+    pp = sub.add_parser(
+        "prune",
+        help="one-shot prune a saved model and write a new checkpoint and report",
+        description="One-shot prune a saved model (prunekit checkpoint dir, Hugging Face model dir, or torch.export .pt2) "
+        "with a recipe; flags override recipe fields. Writes a new checkpoint and report.md into --out.",
+    )
+    pp.add_argument("--model", required=True, help="model path")
+    pp.add_argument("--recipe", help="recipe YAML file")
+    pp.add_argument("--out", required=True, help="new output directory (must not exist)")
+    add_recipe_flags(pp)
+    pp.set_defaults(fn=cmd_prune)
+
+    pd = sub.add_parser("demo", help="train, prune to 90 %% and fine-tune an MLP on scikit-learn digits (about 10 s)")
+    pd.add_argument("--sparsity", type=float, default=0.9, help="target sparsity (default 0.9)")
+    pd.add_argument("--epochs", type=int, default=30, help="dense training epochs (default 30)")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--out", help="also save the pruned model as a prunekit checkpoint in this new directory")
+    pd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    pd.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    pd.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except PrunekitError as e:
+        print(f"prunekit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Test helpers shipped with prunekit: the tiny fixture zoo and reusable contract checks."""
