@@ -61,9 +61,6 @@ class AbstractPattern(ABC):
     def validate(self, shape: torch.Size, where: str) -> None:  # noqa: B027 - optional hook, default accepts all
         """Raise :class:`MaskError` naming ``where`` if the pattern cannot apply to ``shape``."""
 
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.registry_name, **{k: getattr(self, k) for k in self.__dataclass_fields__}}  # type: ignore[attr-defined]
-
     def shorthand(self) -> str:
         return self.registry_name
 

@@ -22,7 +22,18 @@ from prunekit.errors import ConfigError, PrunekitError
 from prunekit.recipe import PruneRecipe, Targets, load_recipe, recipe_from_dict, recipe_to_dict, set_path
 
 EXIT_USAGE = 2
-_COMPONENT_FIELDS = ("scorer", "allocator", "schedule")
+_COMPONENT_EXAMPLES = {
+    "scorer": ("scorers", "{name: magnitude, p: 2}"),
+    "allocator": ("allocators", "{name: global, max_layer_sparsity: 0.98}"),
+    "schedule": ("schedules", "{name: polynomial, begin: 0, end: 1000, every: 100}"),
+}
+PRUNE_EPILOG = """examples:
+  prunekit prune --model ckpt/ --recipe recipe.yaml --out pruned/
+  prunekit prune --model ckpt/ --sparsity 0.9 --allocator global --out pruned/
+  prunekit prune --model bert/ --sparsity 0.5 --exclude 'pooler*' --out bert50/
+  prunekit prune --model model.pt2 --pattern 2:4 --out out/
+  prunekit prune --model ckpt/ --sparsity 0.8 --schedule oneshot --set scorer.p=2 --override 'fc3=0.5' --out out/
+"""
 _SKIP = {"targets", "overrides", "version"}
 
 
@@ -49,7 +60,10 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(PruneRecipe):
         if f.name in _SKIP:
             continue
-        extra = " (a name, or a YAML mapping such as '{name: magnitude, p: 2}')" if f.name in _COMPONENT_FIELDS else ""
+        extra = ""
+        if f.name in _COMPONENT_EXAMPLES:
+            kind, example = _COMPONENT_EXAMPLES[f.name]
+            extra = f"; one of {', '.join(_registries()[kind].names())}, or a YAML mapping such as '{example}'"
         g.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f"r_{f.name}", metavar=f.name.upper(), help=f.metadata.get("help", "") + extra
         )
@@ -62,7 +76,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
                 flag, dest=f"t_{f.name}", action="append", metavar="GLOB", help=f.metadata.get("help", "") + " (repeatable)"
             )
         else:
-            g.add_argument(flag, dest=f"t_{f.name}", help=f.metadata.get("help", ""))
+            g.add_argument(flag, dest=f"t_{f.name}", metavar=f.name.upper(), help=f.metadata.get("help", ""))
     g.add_argument("--override", action="append", default=[], metavar="GLOB=SPARSITY", help="per-layer sparsity (repeatable)")
     g.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="set any recipe key, e.g. --set scorer.p=2 (repeatable)"
@@ -207,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one-shot prune a saved model and write a new checkpoint and report",
         description="One-shot prune a saved model (prunekit checkpoint dir, Hugging Face model dir, or torch.export .pt2) "
         "with a recipe; flags override recipe fields. Writes a new checkpoint and report.md into --out.",
+        epilog=PRUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pp.add_argument("--model", required=True, help="model path")
     pp.add_argument("--recipe", help="recipe YAML file")
