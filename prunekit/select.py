@@ -7,7 +7,7 @@ is allowed and means "prune first" (used to keep masks nested).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -49,69 +49,96 @@ def keep_lowest_pruned(scores: Tensor, n_prune: int) -> Tensor:
 # Global selection: radix select over order-preserving integer keys, streamed over tensors in chunks.
 # ---------------------------------------------------------------------------------------------------------
 
-_CHUNK = 1 << 22  # elements per chunk: bounds temporary memory to a few tens of MB whatever the tensor size
-# 32-bit keys are resolved in three passes of 12, 12 and 8 bits.
-_LEVELS: tuple[tuple[int, int], ...] = ((20, 12), (8, 12), (0, 8))
+_CHUNK = 1 << 20  # elements per chunk: a few MB of temporaries whatever the tensor size
+_GATHER_LIMIT = 1 << 24  # candidates kept in memory after the first pass (64 MB of int32 keys at most)
 
 
 def ordered_keys(x: Tensor) -> Tensor:
-    """Map float32 values to int64 keys in [0, 2**32) whose integer order equals the float order.
+    """int32 keys whose *signed* integer order equals the float order of ``x`` (``-0.0`` keyed as ``+0.0``).
 
-    IEEE-754 bit patterns of non-negative floats are already ordered as integers; for negative floats the
-    magnitude bits are flipped. ``-0.0`` is mapped like ``+0.0``.
+    IEEE-754 bit patterns of non-negative floats are already ordered as integers, so for scores without a sign
+    bit (magnitudes) this is a free reinterpretation; for negative floats the magnitude bits are flipped.
     """
-    i = (x.float() + 0.0).contiguous().view(torch.int32)
-    i = torch.where(i < 0, i ^ 0x7FFFFFFF, i)
-    return i.to(torch.int64) + (1 << 31)
+    x = x.float().contiguous()
+    i = x.view(torch.int32)
+    if bool((i < 0).any()):  # a sign bit somewhere: negative scores or -0.0
+        i = (x + 0.0).view(torch.int32)
+        i = torch.where(i < 0, i ^ 0x7FFFFFFF, i)
+    return i
+
+
+def _chunks(fn: ScoreFn, check: bool) -> Iterator[Tensor]:
+    s = fn().reshape(-1)
+    for start in range(0, s.numel(), _CHUNK):
+        chunk = s[start : start + _CHUNK]
+        if check:
+            _check_scores(chunk)
+        yield ordered_keys(chunk)
+
+
+def _pick(hist: Tensor, k: int) -> tuple[int, int]:
+    """Bucket holding the k-th smallest (1-based) and how many lie in buckets before it."""
+    cum = hist.sum(0).cumsum(0)
+    if int(cum[-1]) < k:
+        raise MaskError("scores changed between selection passes; a scorer must be deterministic for a given step")
+    b = int(torch.searchsorted(cum, torch.tensor(k), right=False))
+    return b, (int(cum[b - 1]) if b > 0 else 0)
 
 
 def global_prune_counts(score_fns: Sequence[ScoreFn], n_prune: int) -> list[int]:
     """How many units each tensor loses when the ``n_prune`` globally lowest-scoring units are pruned.
 
     Equivalent to concatenating all scores and taking the ``n_prune`` smallest (with the tie rule above), but
-    never builds the concatenation: three histogram passes (12 + 12 + 8 bits of the order-preserving key)
-    find the exact threshold key, and per-tensor histograms give each tensor's count. Extra memory is one
-    tensor's scores plus one chunk of keys.
+    never builds the concatenation. Radix select over order-preserving int32 keys: pass 1 histograms the top
+    12 bits of every key; pass 2 keeps only keys in the chosen bucket and histograms the next 12 bits; the last
+    8 bits are resolved on the kept candidates (or by a third pass when the bucket is too crowded to keep).
+    Per-tensor histograms give each tensor's count. Extra memory: one tensor's scores, one chunk of keys and
+    the candidates of one bucket.
     """
     n_t = len(score_fns)
     if n_prune <= 0 or n_t == 0:
         return [0] * n_t
-    prefix = 0  # the key bits fixed so far
-    fixed_bits = 0
-    below = torch.zeros(n_t, dtype=torch.int64)  # per tensor: units whose key is below the current prefix range
-    total_units = None
-    k = n_prune
-    for shift, width in _LEVELS:
-        hist = torch.zeros(n_t, 1 << width, dtype=torch.int64)
-        sizes = []
-        for ti, fn in enumerate(score_fns):
-            s = fn().reshape(-1)
-            sizes.append(s.numel())
-            for start in range(0, s.numel(), _CHUNK):
-                chunk = s[start : start + _CHUNK]
-                if fixed_bits == 0:
-                    _check_scores(chunk)
-                key = ordered_keys(chunk)
-                if fixed_bits:
-                    key = key[(key >> (shift + width)) == prefix]
-                hist[ti] += torch.bincount((key >> shift) & ((1 << width) - 1), minlength=1 << width)
-            del s
-        if total_units is None:
-            total_units = sum(sizes)
-            if n_prune >= total_units:
-                return sizes
-        cum = hist.sum(0).cumsum(0)
-        if int(cum[-1]) < k:
-            raise MaskError("scores changed between selection passes; a scorer must be deterministic for a given step")
-        b = int(torch.searchsorted(cum, torch.tensor(k), right=False))  # first bucket whose cumulative >= k
-        before = int(cum[b - 1]) if b > 0 else 0
-        below += hist[:, :b].sum(1)
-        k -= before
-        prefix = (prefix << width) | b
-        fixed_bits += width
-        tie_counts = hist[:, b]
-    # `prefix` is now the exact key of the n_prune-th smallest unit; `below` counts keys strictly smaller and
-    # `k` is how many of the tied units are still to prune, taken in tensor order.
+    # Pass 1: top 12 bits (arithmetic shift of the signed key: -2048..2047, offset to 0..4095).
+    hist1 = torch.zeros(n_t, 4096, dtype=torch.int64)
+    sizes = []
+    for ti, fn in enumerate(score_fns):
+        n = 0
+        for key in _chunks(fn, check=True):
+            hist1[ti] += torch.bincount((key >> 20) + 2048, minlength=4096)
+            n += key.numel()
+        sizes.append(n)
+    if n_prune >= sum(sizes):
+        return sizes
+    b1, before = _pick(hist1, n_prune)
+    k = n_prune - before
+    below = hist1[:, :b1].sum(1)
+    top = b1 - 2048
+    # Pass 2: next 12 bits of the keys in bucket b1; keep those keys if they are few enough.
+    gather = int(hist1[:, b1].sum()) <= _GATHER_LIMIT
+    kept: list[list[Tensor]] = [[] for _ in range(n_t)]
+    hist2 = torch.zeros(n_t, 4096, dtype=torch.int64)
+    for ti, fn in enumerate(score_fns):
+        for key in _chunks(fn, check=False):
+            sel = key[(key >> 20) == top]
+            hist2[ti] += torch.bincount((sel >> 8) & 0xFFF, minlength=4096)
+            if gather:
+                kept[ti].append(sel)
+    b2, before = _pick(hist2, k)
+    k -= before
+    below += hist2[:, :b2].sum(1)
+    mid = top * 4096 + b2  # value of key >> 8
+    # Last 8 bits.
+    hist3 = torch.zeros(n_t, 256, dtype=torch.int64)
+    for ti, fn in enumerate(score_fns):
+        parts = kept[ti] if gather else (key for key in _chunks(fn, check=False))
+        for key in parts:
+            sel = key[(key >> 8) == mid]
+            hist3[ti] += torch.bincount(sel & 0xFF, minlength=256)
+    b3, before = _pick(hist3, k)
+    k -= before
+    below += hist3[:, :b3].sum(1)
+    tie_counts = hist3[:, b3]
+    # Keys strictly below the threshold key are pruned; `k` of the tied ones go, in tensor order.
     counts = []
     for ti in range(n_t):
         take = min(k, int(tie_counts[ti]))

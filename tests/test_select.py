@@ -17,6 +17,8 @@ def test_ordered_keys_preserve_float_order():
     k = ordered_keys(x)
     assert (k[1:] >= k[:-1]).all()
     assert k[3] == k[4]  # -0.0 and +0.0 are the same score
+    pos = torch.tensor([0.0, 1e-30, 2.0, float("inf")])
+    assert torch.equal(ordered_keys(pos), pos.view(torch.int32))  # non-negative scores: free reinterpretation
 
 
 @settings(max_examples=60, deadline=None)
@@ -24,11 +26,14 @@ def test_ordered_keys_preserve_float_order():
     sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5),
     frac=st.floats(0, 1),
     ties=st.booleans(),
+    nonneg=st.booleans(),
     seed=st.integers(0, 10_000),
 )
-def test_global_counts_equal_concatenated_selection(sizes, frac, ties, seed):
+def test_global_counts_equal_concatenated_selection(sizes, frac, ties, nonneg, seed):
     g = torch.Generator().manual_seed(seed)
     ts = [torch.randn(n, generator=g) for n in sizes]
+    if nonneg:
+        ts = [t.abs() for t in ts]
     if ties:
         ts = [t.round() for t in ts]  # many exact ties, across tensors too
     total = sum(sizes)
@@ -45,6 +50,7 @@ def test_global_counts_handle_neg_inf_and_chunking(monkeypatch):
     import prunekit.select as S
 
     monkeypatch.setattr(S, "_CHUNK", 7)  # force many chunks
+    monkeypatch.setattr(S, "_GATHER_LIMIT", 0)  # and the streaming third pass
     a = torch.tensor([float("-inf")] * 5 + [1.0, 2.0])
     b = torch.tensor([0.5, float("-inf"), 3.0])
     assert S.global_prune_counts([lambda: a, lambda: b], 7) == [5, 2]  # six -inf, then 0.5 from b
