@@ -85,7 +85,7 @@ class AbstractScorer(ABC):
         data_needs = self.requires - {"weights"}
         if data_needs and not list(ctx.batches()):
             raise ConfigError("scorer", self.registry_name, f"needs {', '.join(sorted(data_needs))}: pass calibration data")
-        if {"gradients", "hessian"} & self.requires and ctx.loss_fn is None:
+        if "gradients" in self.requires and ctx.loss_fn is None:  # a layer-wise Hessian (OBS) needs inputs only
             raise ConfigError("scorer", self.registry_name, "needs a loss function (ScoreContext.loss_fn)")
 
 

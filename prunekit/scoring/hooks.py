@@ -33,6 +33,27 @@ def forward_hooks(modules: Mapping[str, nn.Module], fn: ForwardFn) -> Iterator[N
             h.remove()
 
 
+@contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's ``.grad`` and every buffer (e.g. BatchNorm running stats) on exit."""
+    params = list(model.parameters())
+    grads = [p.grad.clone() if p.grad is not None else None for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def batch_input(batch: Any) -> Any:
+    """The model input of a batch: ``x`` of ``(x, y)`` / ``[x, y]``, the batch itself otherwise."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def run_calibration(ctx: ScoreContext, backward: bool) -> int:
     """Run every calibration batch through ``ctx.loss_fn`` (or a bare forward); returns the number of batches."""
     n = 0
@@ -46,8 +67,7 @@ def run_calibration(ctx: ScoreContext, backward: bool) -> int:
             if backward:
                 raise ConfigError("scorer", "loss_fn", "a loss function is needed to compute gradients")
             with torch.no_grad():
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                ctx.model(x)
+                ctx.model(batch_input(batch))
         n += 1
     return n
 
@@ -57,23 +77,19 @@ def accumulate_gradients(
 ) -> dict[str, Tensor]:
     """Sum ``transform(grad)`` of each target over calibration batches (one backward per batch).
 
-    Gradients already on the parameters are saved and restored, so scoring never disturbs training.
+    Gradients and buffers (BatchNorm statistics) are saved and restored, so scoring never disturbs training.
     """
     params = {t.key: t.weight for t in targets}
-    saved = {k: (p.grad.clone() if p.grad is not None else None) for k, p in params.items()}
     sums: dict[str, Tensor] = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
-    try:
+    if ctx.loss_fn is None:
+        raise ConfigError("scorer", "loss_fn", "this criterion needs gradients: pass ScoreContext(loss_fn=...)")
+    with preserved_state(ctx.model):
         for batch in ctx.batches():
-            for p in params.values():
-                p.grad = None
-            assert ctx.loss_fn is not None
+            ctx.model.zero_grad(set_to_none=True)
             ctx.loss_fn(ctx.model, batch).backward()
             for k, p in params.items():
                 if p.grad is not None:
                     sums[k] += transform(p.grad.detach().float())
-    finally:
-        for k, p in params.items():
-            p.grad = saved[k]
     return sums
 
 
