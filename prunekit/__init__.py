@@ -14,6 +14,10 @@ from prunekit.allocation import Global as Global
 from prunekit.allocation import Uniform as Uniform
 from prunekit.checkpoint import load_checkpoint as load_checkpoint
 from prunekit.checkpoint import save_checkpoint as save_checkpoint
+from prunekit.data import DATASETS as DATASETS
+from prunekit.data import DataError as DataError
+from prunekit.data import batches as batches
+from prunekit.data import load_dataset as load_dataset
 from prunekit.errors import CheckpointError as CheckpointError
 from prunekit.errors import ConfigError as ConfigError
 from prunekit.errors import MaskError as MaskError
@@ -54,3 +58,7 @@ from prunekit.scoring import Magnitude as Magnitude
 from prunekit.scoring import RandomScore as RandomScore
 from prunekit.scoring import ScoreContext as ScoreContext
 from prunekit.scoring import Target as Target
+from prunekit.train import TrainConfig as TrainConfig
+from prunekit.train import Trainer as Trainer
+from prunekit.train import TrainResult as TrainResult
+from prunekit.train import train as train

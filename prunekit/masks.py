@@ -131,10 +131,14 @@ def _check_mask(param: Tensor, mask: Tensor, where: str) -> Tensor:
 
 
 def _grad_hook(module_ref: weakref.ref[nn.Module], name: str) -> Any:
+    key = f"{name}_mask"
+
     def hook(p: Tensor) -> None:
-        module = module_ref()
-        if module is not None and p.grad is not None:
-            p.grad.mul_(module._buffers[f"{name}_mask"].view(torch.uint8))  # type: ignore[union-attr]
+        # Runs once per masked tensor per backward: keep the Python path minimal. Multiplying by the mask's uint8
+        # view is several times faster on CPU than by the bool tensor itself (bool is not a vectorised dtype there).
+        grad, module = p.grad, module_ref()
+        if grad is not None and module is not None:
+            grad.mul_(module._buffers[key].view(torch.uint8))  # type: ignore[union-attr]
 
     return hook
 
@@ -229,12 +233,23 @@ def update_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
 
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
-    """Re-zero every in-place masked weight (no-op for reparametrized ones, which are masked on the fly)."""
-    ps, ms = [], []
-    for mp in masked_params(model):
-        if mask_mode(mp.module, mp.name) == "inplace":
-            ps.append(mp.param.detach())
-            ms.append(mp.mask.view(torch.uint8))
+    """Re-zero every in-place masked weight (no-op for reparametrized ones, which are masked on the fly).
+
+    Runs after every step of a bound optimizer, so it reads the mask states directly rather than through
+    :func:`masked_params` (no wrapper object or mode lookup per tensor), then does one ``_foreach_mul_`` by the masks'
+    uint8 views.
+    """
+    ps: list[Tensor] = []
+    ms: list[Tensor] = []
+    for module in model.modules():
+        states = module.__dict__.get(_STATE_ATTR)
+        if not states:
+            continue
+        for name, st in states.items():
+            p = module._parameters.get(name) if st.mode == "inplace" else None
+            if p is not None:
+                ps.append(p)
+                ms.append(module._buffers[f"{name}_mask"].view(torch.uint8))  # type: ignore[union-attr]
     if ps:
         torch._foreach_mul_(ps, ms)
 

@@ -40,3 +40,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return fn(**dict(spec.get("kwargs") or {}))
     except TypeError as e:
         raise ConfigError(f"model.kwargs ({spec['name']})", spec.get("kwargs"), str(e)) from None
+
+
+from prunekit import zoo as _zoo  # noqa: E402,F401  (registers the model zoo)

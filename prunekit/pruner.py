@@ -28,13 +28,20 @@ log = logging.getLogger(__name__)
 
 
 def select_targets(model: nn.Module, recipe: PruneRecipe) -> list[Target]:
-    """Targets in module registration order, after type/glob filtering and first/last exclusion."""
+    """Targets in module registration order, after type/glob filtering and first/last exclusion.
+
+    A tensor shared by several modules (tied embedding and output head) is one target: the first module that
+    owns it. Pruning it prunes every use, since it is one tensor.
+    """
     spec = recipe.targets
-    found = [
-        Target(fqn, spec.param, m)
-        for fqn, m in model.named_modules()
-        if spec.matches(fqn, M.module_type_name(m)) and isinstance(getattr(m, spec.param, None), Tensor)
-    ]
+    found: list[Target] = []
+    seen: set[int] = set()
+    for fqn, m in model.named_modules():
+        if spec.matches(fqn, M.module_type_name(m)) and isinstance(getattr(m, spec.param, None), Tensor):
+            t = Target(fqn, spec.param, m)
+            if id(t.weight) not in seen:
+                seen.add(id(t.weight))
+                found.append(t)
     if spec.skip_first and found:
         found = found[1:]
     if spec.skip_last and found:

@@ -130,3 +130,13 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path, mode, scorer):
     assert sd1.keys() == sd3.keys()
     for k in sd1:
         assert torch.equal(sd1[k], sd3[k]), k
+
+
+def test_tied_weights_are_one_target():
+    from prunekit.testing.models import TiedEmbeddingLM
+
+    m = TiedEmbeddingLM()
+    p = Pruner(PruneRecipe(sparsity=0.5, targets=Targets(types=("Embedding", "Linear")))).attach(m)
+    assert [t.key for t in p.targets] == ["emb.weight", "proj.weight"]
+    p.prune_()
+    assert m.head.weight is m.emb.weight and float((m.head.weight == 0).float().mean()) == 0.5

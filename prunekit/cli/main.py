@@ -39,12 +39,20 @@ _SKIP = {"targets", "overrides", "version"}
 
 def _registries() -> dict[str, Any]:
     from prunekit.allocation import ALLOCATORS
+    from prunekit.data import DATASETS
     from prunekit.models import MODELS
     from prunekit.patterns import PATTERNS
     from prunekit.schedules import SCHEDULES
     from prunekit.scoring import SCORERS
 
-    return {"scorers": SCORERS, "allocators": ALLOCATORS, "patterns": PATTERNS, "schedules": SCHEDULES, "models": MODELS}
+    return {
+        "scorers": SCORERS,
+        "allocators": ALLOCATORS,
+        "patterns": PATTERNS,
+        "schedules": SCHEDULES,
+        "models": MODELS,
+        "datasets": DATASETS,
+    }
 
 
 def _yaml_value(text: str) -> Any:
@@ -212,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pl = sub.add_parser("list", help="list registered scorers, allocators, patterns, schedules and models")
+    pl = sub.add_parser("list", help="list registered scorers, allocators, patterns, schedules, models and datasets")
     pl.add_argument("kind", nargs="?", choices=sorted(_registries()), help="only this kind")
     pl.set_defaults(fn=cmd_list)
 
