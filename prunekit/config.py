@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
 
 from prunekit.errors import ConfigError
 from prunekit.registry import Registry
@@ -150,3 +153,16 @@ def build_component(registry: Registry[type[T]], spec: Any, field: str) -> T:
     except ConfigError as e:
         raise ConfigError(field, name, e.allowed) from None
     return from_dict(cls, spec, field)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file; unreadable files and invalid YAML raise :class:`ConfigError` naming ``what``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(what, str(p), f"cannot read: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(what, str(p), f"not valid YAML: {str(e).splitlines()[0]}") from None

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from prunekit.allocation import ALLOCATORS, AbstractAllocator, Uniform
-from prunekit.config import build_component, from_dict, to_dict
+from prunekit.config import build_component, from_dict, read_yaml, to_dict
 from prunekit.errors import ConfigError
 from prunekit.masks import MODES, MaskMode
 from prunekit.patterns import NM, AbstractPattern, Unstructured, parse_pattern
@@ -130,16 +130,7 @@ def recipe_to_dict(recipe: PruneRecipe) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path) -> PruneRecipe:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError("recipe", str(p), f"cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError("recipe", str(p), f"not valid YAML: {str(e).splitlines()[0]}") from None
-    return recipe_from_dict(data or {})
+    return recipe_from_dict(read_yaml(path, "recipe") or {})
 
 
 def dump_recipe(recipe: PruneRecipe) -> str:

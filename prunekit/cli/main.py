@@ -212,6 +212,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_EPILOG = """examples:
+  prunekit run recipes/digits_quick.yaml --out runs
+  prunekit run recipes/curve_lenet300.yaml --dry-run
+  prunekit run spec.yaml --set train.epochs=2 --set sweep.seed=[0,1,2]
+  prunekit report runs --out report
+"""
+
+
+def _fmt_metric(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    name = metrics["metric"]
+    value = float(metrics["final"][name])
+    return f"{name} {100 * value:.2f} %" if name == "accuracy" else f"{name} {value:.4g}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prunekit.experiment import load_experiments, run_experiment, run_name, run_status
+    from prunekit.experiment.runner import DataCache
+
+    exps = load_experiments(args.spec, args.set)
+    out = Path(args.out)
+    print(f"{len(exps)} run(s) from {args.spec} in {out}/")
+    print(f"  {'#':>3}  {'run':<40} {'status':<8} {'sparsity':>8} {'seed':>4} {'epochs':>6}  protocol")
+    for i, e in enumerate(exps):
+        name = run_name(e)
+        print(
+            f"  {i + 1:>3}  {name:<40} {run_status(out / name):<8} {e.target_sparsity:>8.4g} {e.seed:>4} {e.epoch_budget:>6}"
+            f"  {e.protocol or '-'}"
+        )
+    if args.dry_run:
+        return 0
+    cache = DataCache()
+    rows = []
+    for i, e in enumerate(exps):
+        print(f"[{i + 1}/{len(exps)}] {run_name(e)}", flush=True)
+        r = run_experiment(e, out, progress=not args.no_progress, data=cache)
+        print(f"[{i + 1}/{len(exps)}] {r.run_dir.name}: {r.status}; {_fmt_metric(r.metrics)}", flush=True)
+        rows.append(r)
+    print("\n| run | status | target sparsity | measured sparsity | reported metric (final) | seconds |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        m = r.metrics or {}
+        measured = f"{100 * m['sparsity']['masked']:.2f} %" if m else "-"
+        secs = f"{m['seconds']:.1f}" if m else "-"
+        print(f"| {r.run_dir.name} | {r.status} | {r.experiment.target_sparsity:.4g} | {measured} | {_fmt_metric(m)} | {secs} |")
+    locked = sum(r.status == "locked" for r in rows)
+    if locked:
+        print(f"\n{locked} run(s) are being run by another process; run again later to finish them")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prunekit.experiment import write_report
+
+    md, html_path = write_report(args.dirs, args.out, html=not args.no_html)
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {md}" + (f" and {html_path}" if html_path else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prunekit import __version__
 
@@ -246,6 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-progress", action="store_true", help="hide progress bars")
     pd.add_argument("--json", action="store_true", help="also print a JSON summary line")
     pd.set_defaults(fn=cmd_demo)
+
+    pr = sub.add_parser(
+        "run",
+        help="run an experiment spec (dataset, model, training, pruning phases, sweep) into hashed run directories",
+        description="Run every experiment of a spec (a sweep fans out by cartesian product) sequentially. Each run writes "
+        "OUT/<name>-<hash>/ with experiment.yaml, metrics.json, sparsity.json, checkpoint/, log.txt and DONE. Finished runs "
+        "are skipped; interrupted runs resume from their last checkpoint.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pr.add_argument("spec", help="experiment spec YAML file")
+    pr.add_argument("--out", default="runs", help="directory that holds the run directories (default: runs)")
+    pr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set train.epochs=2, --set pruning.scorer=random, --set sweep.seed=[0,1] (repeatable)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="list the runs and their status; run nothing")
+    pr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    pr.set_defaults(fn=cmd_run)
+
+    prep = sub.add_parser(
+        "report",
+        help="markdown table and self-contained HTML page with plots over finished runs",
+        description="Collect finished runs (directories with DONE) under DIR..., group them by method (everything but "
+        "sparsity and seed), and write OUT/report.md and OUT/report.html (accuracy vs sparsity with a band over seeds, "
+        "training curves, per-layer sparsity). Run directories are never modified.",
+    )
+    prep.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or directories that contain them")
+    prep.add_argument("--out", default="report", help="output directory (default: report)")
+    prep.add_argument("--no-html", action="store_true", help="write report.md only (no matplotlib needed)")
+    prep.set_defaults(fn=cmd_report)
     return p
 
 
