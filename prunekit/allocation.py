@@ -17,7 +17,7 @@ from torch import Tensor
 
 from prunekit.errors import ConfigError
 from prunekit.registry import Registry
-from prunekit.select import global_prune_counts
+from prunekit.select import ScoreFn, as_tensor, global_prune_counts
 
 ALLOCATORS: Registry[type[AbstractAllocator]] = Registry("allocator")
 
@@ -27,7 +27,7 @@ class AllocationItem:
     key: str
     shape: torch.Size
     num_units: int
-    unit_scores: Callable[[], Tensor]
+    unit_scores: ScoreFn
     fixed: float | None = None
 
 
@@ -79,9 +79,7 @@ def _caps(free: Sequence[AllocationItem], cap: float | None) -> list[int]:
     return [it.num_units - 1 if cap is None else math.floor(cap * it.num_units) for it in free]
 
 
-def capped_global_counts(
-    score_fns: Sequence[Callable[[], Tensor]], sizes: Sequence[int], n_prune: int, caps: Sequence[int]
-) -> list[int]:
+def capped_global_counts(score_fns: Sequence[ScoreFn], sizes: Sequence[int], n_prune: int, caps: Sequence[int]) -> list[int]:
     """Global lowest-``n_prune`` selection where tensor ``i`` loses at most ``caps[i]`` units (water-filling).
 
     Tensors that would exceed their cap are clamped to it and removed from the pool; the remainder is selected
@@ -165,7 +163,7 @@ class LAMP(AbstractAllocator):
         def fn(it: AllocationItem) -> Callable[[], Tensor]:
             def get() -> Tensor:
                 if it.key not in cache:
-                    cache[it.key] = lamp_scores(it.unit_scores(), self.power)
+                    cache[it.key] = lamp_scores(as_tensor(it.unit_scores()), self.power)
                 return cache[it.key]
 
             return get

@@ -12,7 +12,6 @@ Masks live on the modules (:mod:`prunekit.masks`); the Pruner only decides them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,8 +20,10 @@ from torch import Tensor, nn
 from prunekit import masks as M
 from prunekit.allocation import AllocationItem
 from prunekit.errors import ConfigError, MaskError
+from prunekit.patterns import Unstructured
 from prunekit.recipe import PruneRecipe, recipe_to_dict
 from prunekit.scoring.base import ScoreContext, Target
+from prunekit.select import LazyScores, ScoreFn
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,12 @@ class Pruner:
                 s = torch.where(M.get_mask(t.module, t.name), s, torch.full_like(s, float("-inf")))
             return s
 
-        def unit_scores(t: Target) -> Callable[[], Tensor]:
+        stream = r.scorer.weight_fn() if isinstance(r.pattern, Unstructured) else None
+
+        def unit_scores(t: Target) -> ScoreFn:
+            if stream is not None:  # element-wise criterion: allocation streams it without a full score tensor
+                keep = M.get_mask(t.module, t.name) if r.nested else None
+                return lambda: LazyScores(t.weight.detach(), stream, keep)
             return lambda: r.pattern.unit_scores(element_scores(t))
 
         items = []

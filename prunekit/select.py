@@ -8,13 +8,45 @@ is allowed and means "prune first" (used to keep masks nested).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from prunekit.errors import MaskError
 
-ScoreFn = Callable[[], Tensor]
+
+@dataclass(frozen=True)
+class LazyScores:
+    """Scores of an element-wise criterion, computed chunk by chunk from ``base`` and never materialised whole.
+
+    ``fn`` maps a 1-D slice of ``base`` to its scores; entries where ``keep`` is False score ``-inf`` (nested
+    masks). For a 62.5M-element weight this avoids a 250 MB temporary per selection pass.
+    """
+
+    base: Tensor
+    fn: Callable[[Tensor], Tensor]
+    keep: Tensor | None = None
+
+    def numel(self) -> int:
+        return self.base.numel()
+
+    def chunk(self, start: int, stop: int) -> Tensor:
+        s = self.fn(self.base.reshape(-1)[start:stop]).float()
+        if self.keep is not None:
+            s = s.masked_fill(~self.keep.reshape(-1)[start:stop], float("-inf"))
+        return s
+
+    def materialize(self) -> Tensor:
+        return self.chunk(0, self.numel())
+
+
+def as_tensor(scores: Tensor | LazyScores) -> Tensor:
+    """The scores as one tensor (materialising lazy ones)."""
+    return scores.materialize() if isinstance(scores, LazyScores) else scores
+
+
+ScoreFn = Callable[[], "Tensor | LazyScores"]
 """Lazily computes one tensor's 1-D unit scores (called once per pass, so scores are never all held at once)."""
 
 
@@ -50,7 +82,7 @@ def keep_lowest_pruned(scores: Tensor, n_prune: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 _CHUNK = 1 << 20  # elements per chunk: a few MB of temporaries whatever the tensor size
-_GATHER_LIMIT = 1 << 24  # candidates kept in memory after the first pass (64 MB of int32 keys at most)
+_GATHER_LIMIT = 1 << 24  # candidates always kept in memory after the first pass (64 MB of int32 keys)
 
 
 def ordered_keys(x: Tensor) -> Tensor:
@@ -68,9 +100,13 @@ def ordered_keys(x: Tensor) -> Tensor:
 
 
 def _chunks(fn: ScoreFn, check: bool) -> Iterator[Tensor]:
-    s = fn().reshape(-1)
-    for start in range(0, s.numel(), _CHUNK):
-        chunk = s[start : start + _CHUNK]
+    src = fn()
+    if isinstance(src, LazyScores):
+        parts: Iterator[Tensor] = (src.chunk(a, a + _CHUNK) for a in range(0, src.numel(), _CHUNK))
+    else:
+        flat = src.reshape(-1)
+        parts = (flat[a : a + _CHUNK] for a in range(0, flat.numel(), _CHUNK))
+    for chunk in parts:
         if check:
             _check_scores(chunk)
         yield ordered_keys(chunk)
@@ -113,8 +149,9 @@ def global_prune_counts(score_fns: Sequence[ScoreFn], n_prune: int) -> list[int]
     k = n_prune - before
     below = hist1[:, :b1].sum(1)
     top = b1 - 2048
-    # Pass 2: next 12 bits of the keys in bucket b1; keep those keys if they are few enough.
-    gather = int(hist1[:, b1].sum()) <= _GATHER_LIMIT
+    # Pass 2: next 12 bits of the keys in bucket b1; keep those keys if they are few enough (at most ~3 % of
+    # the scores' bytes, so the third pass runs only for pathologically concentrated scores).
+    gather = int(hist1[:, b1].sum()) <= max(_GATHER_LIMIT, sum(sizes) // 32)
     kept: list[list[Tensor]] = [[] for _ in range(n_t)]
     hist2 = torch.zeros(n_t, 4096, dtype=torch.int64)
     for ti, fn in enumerate(score_fns):

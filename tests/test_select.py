@@ -64,3 +64,17 @@ def test_nondeterministic_scores_fail_clearly():
     with pytest.raises(MaskError, match="deterministic"):
         for _ in range(20):  # a random score function changes between passes; some draw must expose it
             global_prune_counts([lambda: torch.rand(1000)], 500)
+
+
+def test_lazy_scores_give_the_same_counts_without_materialising(monkeypatch):
+    import prunekit.select as S
+
+    monkeypatch.setattr(S, "_CHUNK", 64)
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(1000, generator=g), torch.randn(37, generator=g), torch.randn(500, generator=g)]
+    keeps = [torch.rand(w.shape, generator=g) > 0.3 for w in ws]
+    eager = [lambda w=w, k=k: w.abs().masked_fill(~k, float("-inf")) for w, k in zip(ws, keeps)]
+    lazy = [lambda w=w, k=k: S.LazyScores(w, torch.abs, k) for w, k in zip(ws, keeps)]
+    for n in (0, 1, 300, 900, 1200, 1537):
+        assert S.global_prune_counts(lazy, n) == S.global_prune_counts(eager, n)
+    assert torch.equal(S.as_tensor(lazy[1]()), eager[1]())

@@ -77,6 +77,13 @@ class AbstractScorer(ABC):
         """Gather statistics (default: none). Data-driven scorers override this with scoped hooks."""
         return {}
 
+    def weight_fn(self) -> Callable[[Tensor], Tensor] | None:
+        """The element-wise function of the weight that *is* the score, if the criterion is one (else None).
+
+        Lets global allocation stream unstructured scores chunk by chunk instead of materialising them.
+        """
+        return None
+
     @abstractmethod
     def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
         """Element-wise importance of ``target.weight`` (same shape; higher = keep)."""

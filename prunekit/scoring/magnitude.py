@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from prunekit.errors import ConfigError
@@ -27,6 +28,9 @@ class Magnitude(AbstractScorer):
         if not self.p > 0:
             raise ConfigError("scorer.p", self.p, "must be > 0")
 
+    def weight_fn(self) -> Callable[[Tensor], Tensor]:
+        p = self.p
+        return torch.abs if p == 1 else lambda w: w.abs().float().pow(p)
+
     def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        w = target.weight.detach()
-        return w.abs() if self.p == 1 else w.abs().float().pow(self.p)
+        return self.weight_fn()(target.weight.detach())
