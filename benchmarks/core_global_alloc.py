@@ -5,7 +5,7 @@ Synthetic weights: ``--tensors`` float32 tensors of ``--numel`` elements each (d
 memory baseline is the weights alone; the reported "extra peak" is peak RSS above that baseline (sampled every 10 ms
 and cross-checked with the kernel's VmHWM), as a fraction of the weights' bytes.
 
-* prunekit: ``Global().allocate(items, sparsity)`` with magnitude scores ``lambda: w.abs().reshape(-1)`` (per-tensor
+* prunekit: ``Global().allocate(items, sparsity)`` with magnitude scores streamed as ``LazyScores(w, |.|)`` (per-tensor
   prune counts; the goal applies to this), then, for a like-for-like comparison with torch, building the bool masks
   from those counts with ``prunekit.select.keep_lowest_pruned``.
 * torch: ``global_unstructured(..., L1Unstructured, amount=sparsity)`` on the same tensors held as module
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 from prunekit.allocation import AllocationItem, Global
-from prunekit.select import global_prune_counts, keep_lowest_pruned
+from prunekit.scoring import Magnitude
+from prunekit.select import LazyScores, global_prune_counts, keep_lowest_pruned
 
 TIME_GOAL_S = 10.0
 MEM_GOAL = 0.10
@@ -61,7 +62,9 @@ def make_weights(tensors: int, numel: int, seed: int) -> list[torch.Tensor]:
 
 
 def magnitude_items(ws: list[torch.Tensor]) -> list[AllocationItem]:
-    return [AllocationItem(f"t{i}", w.shape, w.numel(), (lambda w=w: w.abs().reshape(-1))) for i, w in enumerate(ws)]
+    # Exactly what Pruner.update_masks builds for an element-wise scorer: scores streamed chunk by chunk.
+    fn = Magnitude().weight_fn()
+    return [AllocationItem(f"t{i}", w.shape, w.numel(), (lambda w=w: LazyScores(w, fn))) for i, w in enumerate(ws)]
 
 
 def counts_from_alloc(alloc: dict[str, float], ws: list[torch.Tensor]) -> list[int]:
