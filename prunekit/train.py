@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -159,6 +160,23 @@ def task_loss(task: Task, output: Tensor, y: Tensor, reduction: Literal["mean", 
     if task == "language_model":
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1), reduction=reduction)
     return F.cross_entropy(output, y, reduction=reduction)
+
+
+def calibration_context(
+    model: nn.Module, data: TensorDataset, n_batches: int, batch_size: int, seed: int = 0, step: int = 0
+) -> ScoreContext:
+    """A :class:`ScoreContext` with ``n_batches`` shuffled ``(x, y)`` batches of ``data`` and the task's loss.
+
+    Data-driven criteria (Taylor, OBD, OBS, activation statistics, LDA) score with it.
+    """
+
+    def loss_fn(m: nn.Module, batch: Any) -> Tensor:
+        out = m(batch[0])
+        return task_loss(data.task, getattr(out, "logits", out), batch[1])
+
+    g = torch.Generator().manual_seed(seed)
+    calib = list(itertools.islice(batches(data, batch_size, shuffle=True, generator=g), n_batches))
+    return ScoreContext(model, step=step, calibration=calib, loss_fn=loss_fn)
 
 
 def metric_name(task: Task) -> str:

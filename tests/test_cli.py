@@ -121,3 +121,15 @@ def test_demo_meets_its_promise(tmp_path, capsys):
     assert "test accuracy" in out
     m = load_checkpoint(tmp_path / "demo").model
     assert masks_of(m)
+
+
+def test_prune_with_a_data_driven_criterion_and_calibration_data(tmp_path, capsys):
+    spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "num_classes": 10}}
+    src = save_checkpoint(tmp_path / "in", build_model(spec), model_spec=spec, extra={"input_shape": [1, 64]})
+    out = tmp_path / "out"
+    args = ["prune", "--model", str(src), "--sparsity", "0.5", "--pattern", "channel", "--scorer", "taylor"]
+    assert main([*args, "--calibration", "digits", "--calibration-batches", "2", "--out", str(out)]) == 0
+    m = load_checkpoint(out).model
+    assert int((~masks_of(m)["1.weight"]).all(1).sum()) == 8  # half of the 16 hidden neurons removed
+    assert main([*args, "--out", str(tmp_path / "o2")]) == 2  # without data: one clear line
+    assert "calibration" in capsys.readouterr().err.strip().splitlines()[-1]

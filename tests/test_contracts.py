@@ -28,7 +28,7 @@ def test_contract_tables_cover_registries():
 def test_scorer_contract(name):
     scorer = SCORERS.get(name)()
     model = TinyConvNet()
-    ctx = ScoreContext(model, step=4, batch=(torch.randn(2, 3, 6, 6),), loss_fn=lambda m, b: m(b[0]).sum())
+    ctx = ScoreContext(model, step=4, batch=(torch.randn(2, 3, 6, 6), torch.tensor([0, 3])), loss_fn=lambda m, b: m(b[0]).sum())
     targets = [Target("conv1", "weight", model.conv1), Target("fc", "weight", model.fc)]
     stats = scorer.collect(ctx, targets)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -145,7 +145,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if loaded.target_modules is not None and recipe.targets == Targets():
         recipe = recipe.replace(targets=Targets(types=("*",), include=loaded.target_modules or ("<none>",)))
     pruner = Pruner(recipe).attach(loaded.model)
-    pruner.prune_()
+    ctx = None
+    if args.calibration:
+        from prunekit.data import load_dataset
+        from prunekit.train import calibration_context
+
+        data = load_dataset(args.calibration, "train")
+        ctx = calibration_context(loaded.model, data, args.calibration_batches, args.calibration_batch_size)
+    pruner.prune_(ctx)
     rep = sparsity_report(loaded.model, loaded.example)
     save_pruned(loaded, out, recipe=recipe_to_dict(recipe), report=rep.to_dict(), pruner_state=pruner.state_dict())
     (out / "report.md").write_text(rep.to_markdown() + "\n", encoding="utf-8")
@@ -296,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--model", required=True, help="model path")
     pp.add_argument("--recipe", help="recipe YAML file")
     pp.add_argument("--out", required=True, help="new output directory (must not exist)")
+    pp.add_argument(
+        "--calibration",
+        metavar="DATASET",
+        help="registered dataset whose training split feeds data-driven criteria (taylor, obd, obs, apoz, lda, ...)",
+    )
+    pp.add_argument("--calibration-batches", type=int, default=8, metavar="N", help="calibration batches (default 8)")
+    pp.add_argument("--calibration-batch-size", type=int, default=64, metavar="B", help="calibration batch size (default 64)")
     add_recipe_flags(pp)
     pp.set_defaults(fn=cmd_prune)
 

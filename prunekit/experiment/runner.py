@@ -15,7 +15,6 @@ step N is reached; ``init`` and ``reinit`` rebuild the model from the seed (``re
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ from torch.nn.utils import parametrize
 from prunekit import __version__
 from prunekit import masks as M
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
-from prunekit.data import TensorDataset, batches, load_dataset, num_batches
+from prunekit.data import TensorDataset, load_dataset, num_batches
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.experiment.rundir import (
     CHECKPOINT_DIR,
@@ -63,8 +62,7 @@ from prunekit.models import build_model
 from prunekit.pruner import Pruner
 from prunekit.recipe import recipe_to_dict
 from prunekit.report import sparsity_report
-from prunekit.scoring.base import ScoreContext
-from prunekit.train import Callback, Trainer, TrainEvent, evaluate, metric_name, task_loss
+from prunekit.train import Callback, Trainer, TrainEvent, calibration_context, evaluate, metric_name
 
 log = logging.getLogger(__name__)
 
@@ -231,17 +229,10 @@ class _Run:
         assert recipe is not None  # Experiment validates this
         target = ph.target(recipe.target)
         pruner = Pruner(recipe).attach(model)
-        task = self.train_data.task
-
-        def loss_fn(m: nn.Module, batch: Any) -> Tensor:
-            return task_loss(task, m(batch[0]), batch[1])
-
-        calibration = None
-        if recipe.scorer.requires - {"weights"} and ph.calibration_batches > 0:
-            g = torch.Generator().manual_seed(self.exp.seed)
-            it = batches(self.train_data, self.exp.train.batch_size, shuffle=True, generator=g)
-            calibration = list(itertools.islice(it, ph.calibration_batches))
-        ctx = ScoreContext(model, step=int(state["steps"]), calibration=calibration, loss_fn=loss_fn)
+        n_calib = ph.calibration_batches if recipe.scorer.requires - {"weights"} else 0
+        ctx = calibration_context(
+            model, self.train_data, n_calib, self.exp.train.batch_size, seed=self.exp.seed, step=int(state["steps"])
+        )
         layers = pruner.update_masks(target, ctx)
         rec: dict[str, Any] = {"phase": i, "kind": "prune", "target": target, "sparsity": pruner.sparsity(), "layers": layers}
         if self.exp.eval.after_prune:
