@@ -1,0 +1,104 @@
+"""From masks to a plan: a unit of a group is removed when every producer's mask prunes it entirely.
+
+With ``Channel(0)`` masks a producer's output unit ``c`` is dead when its whole weight slice (row ``c`` of a
+Linear, filter ``c`` of a conv, column ``c`` of an Embedding) is masked. A group's unit goes only if it is dead in
+*every* producer of the group (residual joins have several); a producer without a mask keeps all its units.
+
+Exactness. A dead unit still emits its bias (and, after BatchNorm, ``beta - gamma * mean / std``), which reaches
+the next layer through the activation. The slimmed model equals the masked model only if those constants are
+zero, i.e. the pruned units' bias and BatchNorm affine weight and bias are zero as well (the rule the tests use);
+otherwise removing the unit drops that constant. Folding the constant into the consumer's bias is not done yet.
+Groups containing a LayerNorm are never exact: removing features changes the statistics it normalises with.
+Through a GroupNorm only whole normalisation groups are removed (a group with one live channel stays whole).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.masks import get_mask, has_mask
+from prunekit.structure.graph import Group, build_groups
+from prunekit.structure.handlers import StructureError, handler_for
+from prunekit.structure.plan import Axis, PlanEntry, PrunePlan
+
+log = logging.getLogger(__name__)
+
+
+def dead_units(module: nn.Module, fqn: str, name: str = "weight") -> Tensor | None:
+    """Boolean vector over ``module``'s output units: True where the mask prunes the whole unit; None if unmasked."""
+    if not has_mask(module, name):
+        return None
+    dim = handler_for(module, fqn).unit_dim(module)
+    if dim is None:
+        return None
+    mask = get_mask(module, name)
+    return ~mask.transpose(0, dim).reshape(mask.shape[dim], -1).any(1)
+
+
+def kept_units(model: nn.Module, group: Group) -> Tensor:
+    """Sorted indices of ``group``'s units that stay (at least one always stays)."""
+    mods = dict(model.named_modules())
+    dead = torch.ones(group.size, dtype=torch.bool)
+    for p in group.producers:
+        d = dead_units(mods[p.fqn], p.fqn)
+        dead &= torch.zeros_like(dead) if d is None else d.cpu()
+    for m in group.members:  # GroupNorm: only whole normalisation groups can go
+        gn = mods[m.fqn]
+        if isinstance(gn, nn.GroupNorm):
+            gid = (m.offset + torch.arange(group.size)) // (gn.num_channels // gn.num_groups)
+            for g in gid.unique():
+                sel = gid == g
+                if not bool(dead[sel].all()):
+                    dead[sel] = False
+    kept = (~dead).nonzero().flatten()
+    if len(kept) == 0:
+        log.warning("every unit of the group of %s is pruned; keeping unit 0", group.producers[0].fqn)
+        kept = torch.zeros(1, dtype=torch.long)
+    return kept
+
+
+def plan_for_groups(model: nn.Module, groups: list[Group], kept: dict[int, Tensor]) -> PrunePlan:
+    """Plan entries for ``kept[i]`` (units of ``groups[i]``); groups not in ``kept`` are left alone.
+
+    A module axis fed by several groups (the consumer of a ``torch.cat``, a BatchNorm after it) gets one entry that
+    combines them at their offsets.
+    """
+    mods = dict(model.named_modules())
+    keep: dict[tuple[str, Axis], Tensor] = {}
+    for i, g in enumerate(groups):
+        k = kept.get(i)
+        if k is None or len(k) == g.size:
+            continue
+        if not g.prunable:
+            raise StructureError(f"group of {[m.fqn for m in g.members]} is not prunable: {'; '.join(g.reasons)}")
+        dead = torch.ones(g.size, dtype=torch.bool)
+        dead[k] = False
+        gone = dead.nonzero().flatten()
+        for m in g.members:
+            if (m.fqn, m.axis) not in keep:
+                h = handler_for(mods[m.fqn], m.fqn)
+                n = h.num_out(mods[m.fqn]) if m.axis == "out" else h.num_in(mods[m.fqn])
+                keep[(m.fqn, m.axis)] = torch.ones(n, dtype=torch.bool)
+            keep[(m.fqn, m.axis)][m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()] = False
+    entries = [PlanEntry(fqn, axis, len(v), tuple(int(i) for i in v.nonzero().flatten())) for (fqn, axis), v in keep.items()]
+    return PrunePlan(tuple(entries))
+
+
+def plan_from_masks(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> PrunePlan:
+    """The plan that removes every unit all producers of its group have fully masked (see the module docstring)."""
+    groups = build_groups(model, example_input)
+    kept: dict[int, Tensor] = {}
+    for i, g in enumerate(groups):
+        if not g.producers:
+            continue
+        k = kept_units(model, g)
+        if len(k) == g.size:
+            continue
+        if not g.prunable:
+            log.info("not removing %d masked units of %s: %s", g.size - len(k), g.producers[0].fqn, "; ".join(g.reasons))
+            continue
+        kept[i] = k
+    return plan_for_groups(model, groups, kept)

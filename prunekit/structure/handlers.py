@@ -1,0 +1,357 @@
+"""Per-module-type surgery: stateless handlers that remove output or input units of one module.
+
+Handlers live in :data:`HANDLERS`, a :class:`~prunekit.registry.Registry` keyed by **class name** (the name
+:func:`prunekit.masks.module_type_name` reports, so a parametrized ``Linear`` is still ``"Linear"``), the same
+convention as ``Targets.types``. Lookup is by exact name: a subclass of ``nn.Linear`` with its own ``forward`` is
+*not* silently treated as a ``Linear``; register a handler for it (``HANDLERS.register("MyLinear")(LINEAR)``).
+
+A handler owns no state: every call gets the module and the 1-D ``kept`` indices (sorted, unique) of the axis it
+changes. It replaces parameters and buffers by ``index_select``-ed copies and updates the module's attributes
+(``in_features``, ``out_channels``, ``num_features``, ``normalized_shape``, ``groups`` ...), so the module stays
+consistent and ``repr``/re-construction agree with its tensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import PrunekitError
+from prunekit.masks import module_type_name
+from prunekit.registry import Registry
+
+
+class StructureError(PrunekitError, ValueError):
+    """A structural removal cannot be done: unsupported module, inconsistent plan, or an untraceable model."""
+
+
+def select_(module: nn.Module, name: str, dim: int, kept: Tensor) -> None:
+    """Replace ``module.<name>`` (parameter or buffer; ``None`` is left alone) by its ``index_select`` along ``dim``."""
+    if name in module._parameters:
+        p = module._parameters[name]
+        if p is None:
+            return
+        module._parameters[name] = nn.Parameter(p.detach().index_select(dim, kept.to(p.device)).clone(), p.requires_grad)
+    elif name in module._buffers:
+        b = module._buffers[name]
+        if b is None:
+            return
+        module._buffers[name] = b.index_select(dim, kept.to(b.device)).clone()
+    else:
+        raise StructureError(f"{type(module).__name__} has no parameter or buffer {name!r}")
+
+
+class AbstractHandler(ABC):
+    """Interface of a stateless per-type handler."""
+
+    def passthrough(self, module: nn.Module) -> bool:
+        """True when output unit ``i`` depends only on input unit ``i`` (BatchNorm, LayerNorm, depthwise conv):
+        the module then passes its input's channel group through instead of starting a new one."""
+        return False
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        """The weight dimension that indexes output units (to read Channel masks); ``None``: not a producer."""
+        return 0
+
+    @abstractmethod
+    def channel_dim(self, module: nn.Module) -> int:
+        """Which dimension of the module's input and output carries the channels: ``1`` (N, C, ...) or ``-1``."""
+
+    @abstractmethod
+    def num_out(self, module: nn.Module) -> int:
+        """Number of output units."""
+
+    @abstractmethod
+    def num_in(self, module: nn.Module) -> int:
+        """Number of input units."""
+
+    @abstractmethod
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        """Keep only output units ``kept``."""
+
+    @abstractmethod
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        """Keep only input units ``kept``."""
+
+
+HANDLERS: Registry[AbstractHandler] = Registry("structure handler")
+
+
+def handler_for(module: nn.Module, fqn: str = "") -> AbstractHandler:
+    """The handler for ``module``'s class, or a :class:`StructureError` naming the module and its type."""
+    name = module_type_name(module)
+    if name in HANDLERS:
+        return HANDLERS.get(name)
+    where = fqn or "<root>"
+    raise StructureError(
+        f"module {where!r} of type {name} has no structure handler; supported: {', '.join(HANDLERS.names())}. "
+        f"Register one with prunekit.structure.handlers.HANDLERS.register({name!r})(handler)"
+    )
+
+
+class LinearHandler(AbstractHandler):
+    """``nn.Linear``: weight (out, in), bias (out)."""
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return -1
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.Linear, module)
+        return int(m.out_features)
+
+    def num_in(self, module: nn.Module) -> int:
+        m = cast(nn.Linear, module)
+        return int(m.in_features)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Linear, module)
+        select_(module, "weight", 0, kept)
+        select_(module, "bias", 0, kept)
+        m.out_features = len(kept)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Linear, module)
+        select_(module, "weight", 1, kept)
+        m.in_features = len(kept)
+
+
+def _per_group(kept: Tensor, total: int, groups: int, what: str, module: nn.Module) -> list[Tensor]:
+    """Split global ``kept`` indices into per-group local indices; every group must keep the same number."""
+    size = total // groups
+    local = [kept[(kept >= g * size) & (kept < (g + 1) * size)] - g * size for g in range(groups)]
+    counts = {len(x) for x in local}
+    if len(counts) != 1:
+        raise StructureError(
+            f"{type(module).__name__} with groups={groups}: removing {what} must keep the same number per group "
+            f"(kept per group: {[len(x) for x in local]})"
+        )
+    return local
+
+
+class ConvHandler(AbstractHandler):
+    """``nn.Conv1d/2d/3d``, ordinary, grouped and depthwise (``groups == in_channels == out_channels``).
+
+    Depthwise: output channel i reads only input channel i, so the handler is a pass-through and ``prune_out``
+    and ``prune_in`` both remove the channel from input, output and ``groups``. Grouped (1 < groups): each group
+    must keep the same number of output (or input) channels, otherwise a :class:`StructureError` is raised.
+    """
+
+    @staticmethod
+    def _depthwise(module: nn.Module) -> bool:
+        m = cast(nn.Conv2d, module)
+        return bool(m.groups > 1 and m.groups == m.in_channels == m.out_channels)
+
+    def passthrough(self, module: nn.Module) -> bool:
+        return self._depthwise(module)
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return 1
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.Conv2d, module)
+        return int(m.out_channels)
+
+    def num_in(self, module: nn.Module) -> int:
+        m = cast(nn.Conv2d, module)
+        return int(m.in_channels)
+
+    def _prune_depthwise(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Conv2d, module)
+        select_(module, "weight", 0, kept)
+        select_(module, "bias", 0, kept)
+        m.in_channels = m.out_channels = m.groups = len(kept)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Conv2d, module)
+        if self._depthwise(module):
+            self._prune_depthwise(module, kept)
+            return
+        if m.groups > 1:
+            _per_group(kept, int(m.out_channels), int(m.groups), "output channels", module)
+        select_(module, "weight", 0, kept)
+        select_(module, "bias", 0, kept)
+        m.out_channels = len(kept)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Conv2d, module)
+        if self._depthwise(module):
+            self._prune_depthwise(module, kept)
+            return
+        g = int(m.groups)
+        if g == 1:
+            select_(module, "weight", 1, kept)
+        else:
+            local = _per_group(kept, int(m.in_channels), g, "input channels", module)
+            w = m.weight
+            rows = w.shape[0] // g
+            parts = [w.detach()[i * rows : (i + 1) * rows].index_select(1, idx.to(w.device)) for i, idx in enumerate(local)]
+            m.weight = nn.Parameter(torch.cat(parts, 0).clone(), w.requires_grad)
+        m.in_channels = len(kept)
+
+
+class BatchNormHandler(AbstractHandler):
+    """``nn.BatchNorm1d/2d/3d``: affine weight/bias and running statistics, one entry per channel."""
+
+    def passthrough(self, module: nn.Module) -> bool:
+        return True
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        return None
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return 1
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.BatchNorm2d, module)
+        return int(m.num_features)
+
+    def num_in(self, module: nn.Module) -> int:
+        m = cast(nn.BatchNorm2d, module)
+        return int(m.num_features)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.BatchNorm2d, module)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            select_(module, name, 0, kept)
+        m.num_features = len(kept)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        self.prune_out(module, kept)
+
+
+class LayerNormHandler(AbstractHandler):
+    """``nn.LayerNorm`` over one (last) dimension.
+
+    Removing features changes the statistics LayerNorm normalises with, so slimming through a LayerNorm is *not*
+    function-preserving even for dead features (unlike BatchNorm in eval mode).
+    """
+
+    def passthrough(self, module: nn.Module) -> bool:
+        return True
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        return None
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return -1
+
+    def _check(self, module: nn.Module) -> None:
+        m = cast(nn.LayerNorm, module)
+        if len(m.normalized_shape) != 1:
+            raise StructureError(
+                f"LayerNorm with normalized_shape={tuple(m.normalized_shape)}: only one normalised dimension is supported"
+            )
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.LayerNorm, module)
+        self._check(module)
+        return int(m.normalized_shape[0])
+
+    def num_in(self, module: nn.Module) -> int:
+        return self.num_out(module)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.LayerNorm, module)
+        self._check(module)
+        select_(module, "weight", 0, kept)
+        select_(module, "bias", 0, kept)
+        m.normalized_shape = (len(kept),)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        self.prune_out(module, kept)
+
+
+class GroupNormHandler(AbstractHandler):
+    """``nn.GroupNorm``: only whole groups can be removed (then ``num_groups`` shrinks and the result is exact)."""
+
+    def passthrough(self, module: nn.Module) -> bool:
+        return True
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        return None
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return 1
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.GroupNorm, module)
+        return int(m.num_channels)
+
+    def num_in(self, module: nn.Module) -> int:
+        m = cast(nn.GroupNorm, module)
+        return int(m.num_channels)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.GroupNorm, module)
+        c, g = int(m.num_channels), int(m.num_groups)
+        size = c // g
+        keep = torch.zeros(c, dtype=torch.bool)
+        keep[kept] = True
+        per_group = keep.reshape(g, size)
+        partial = [i for i in range(g) if 0 < int(per_group[i].sum()) < size]
+        if partial:
+            raise StructureError(
+                f"GroupNorm(num_groups={g}, num_channels={c}): channels can only be removed in whole groups of {size}; "
+                f"groups {partial} would be split"
+            )
+        select_(module, "weight", 0, kept)
+        select_(module, "bias", 0, kept)
+        m.num_channels = len(kept)
+        m.num_groups = len(kept) // size
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        self.prune_out(module, kept)
+
+
+class EmbeddingHandler(AbstractHandler):
+    """``nn.Embedding``: output units are embedding dimensions (weight dim 1); input units are vocabulary rows."""
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        return 1
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return -1
+
+    def num_out(self, module: nn.Module) -> int:
+        m = cast(nn.Embedding, module)
+        return int(m.embedding_dim)
+
+    def num_in(self, module: nn.Module) -> int:
+        m = cast(nn.Embedding, module)
+        return int(m.num_embeddings)
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Embedding, module)
+        select_(module, "weight", 1, kept)
+        m.embedding_dim = len(kept)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        m = cast(nn.Embedding, module)
+        pad = m.padding_idx
+        if pad is not None:
+            hits = (kept == pad).nonzero()
+            if len(hits) == 0:
+                raise StructureError(f"Embedding: padding_idx {pad} would be removed")
+            m.padding_idx = int(hits[0, 0])
+        select_(module, "weight", 0, kept)
+        m.num_embeddings = len(kept)
+
+
+LINEAR = LinearHandler()
+CONV = ConvHandler()
+BATCHNORM = BatchNormHandler()
+LAYERNORM = LayerNormHandler()
+GROUPNORM = GroupNormHandler()
+EMBEDDING = EmbeddingHandler()
+
+HANDLERS.register("Linear")(LINEAR)
+for _n in ("Conv1d", "Conv2d", "Conv3d"):
+    HANDLERS.register(_n)(CONV)
+for _n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
+    HANDLERS.register(_n)(BATCHNORM)
+HANDLERS.register("LayerNorm")(LAYERNORM)
+HANDLERS.register("GroupNorm")(GROUPNORM)
+HANDLERS.register("Embedding")(EMBEDDING)
