@@ -112,11 +112,14 @@ def _chunks(fn: ScoreFn, check: bool) -> Iterator[Tensor]:
         yield ordered_keys(chunk)
 
 
+_CHANGED = "scores changed between selection passes; a scorer must be deterministic for a given step"
+
+
 def _pick(hist: Tensor, k: int) -> tuple[int, int]:
     """Bucket holding the k-th smallest (1-based) and how many lie in buckets before it."""
     cum = hist.sum(0).cumsum(0)
     if int(cum[-1]) < k:
-        raise MaskError("scores changed between selection passes; a scorer must be deterministic for a given step")
+        raise MaskError(_CHANGED)
     b = int(torch.searchsorted(cum, torch.tensor(k), right=False))
     return b, (int(cum[b - 1]) if b > 0 else 0)
 
@@ -151,15 +154,27 @@ def global_prune_counts(score_fns: Sequence[ScoreFn], n_prune: int) -> list[int]
     top = b1 - 2048
     # Pass 2: next 12 bits of the keys in bucket b1; keep those keys if they are few enough (at most ~3 % of
     # the scores' bytes, so the third pass runs only for pathologically concentrated scores).
-    gather = int(hist1[:, b1].sum()) <= max(_GATHER_LIMIT, sum(sizes) // 32)
+    # The candidates go into one buffer allocated up front (its size is known from pass 1): many small long-lived
+    # tensors interleaved with the chunks' temporaries would fragment the C heap and keep freed memory resident.
+    n_cand = hist1[:, b1]
+    gather = int(n_cand.sum()) <= max(_GATHER_LIMIT, sum(sizes) // 32)
+    cand = torch.empty(int(n_cand.sum()) if gather else 0, dtype=torch.int32)
+    offsets = [0, *torch.cumsum(n_cand, 0).tolist()]
     kept: list[list[Tensor]] = [[] for _ in range(n_t)]
     hist2 = torch.zeros(n_t, 4096, dtype=torch.int64)
     for ti, fn in enumerate(score_fns):
+        pos = offsets[ti]
         for key in _chunks(fn, check=False):
             sel = key[(key >> 20) == top]
             hist2[ti] += torch.bincount((sel >> 8) & 0xFFF, minlength=4096)
             if gather:
-                kept[ti].append(sel)
+                if pos + sel.numel() > offsets[ti + 1]:
+                    raise MaskError(_CHANGED)
+                cand[pos : pos + sel.numel()] = sel
+                pos += sel.numel()
+            del sel
+        if gather:
+            kept[ti].append(cand[offsets[ti] : pos])
     b2, before = _pick(hist2, k)
     k -= before
     below += hist2[:, :b2].sum(1)

@@ -80,11 +80,24 @@ class AbstractHandler(ABC):
 HANDLERS: Registry[AbstractHandler] = Registry("structure handler")
 
 
-def handler_for(module: nn.Module, fqn: str = "") -> AbstractHandler:
-    """The handler for ``module``'s class, or a :class:`StructureError` naming the module and its type."""
+def handler_for_or_none(module: nn.Module) -> AbstractHandler | None:
+    """The handler for ``module``'s class name; RMS norms of any model family (``LlamaRMSNorm``, ``Qwen2RMSNorm``
+    ...: a class name ending in ``RMSNorm`` with a 1-D ``weight``) share one; ``None`` if there is none."""
     name = module_type_name(module)
     if name in HANDLERS:
         return HANDLERS.get(name)
+    w = getattr(module, "weight", None)
+    if name.endswith("RMSNorm") and isinstance(w, Tensor) and w.dim() == 1:
+        return LAYERNORM
+    return None
+
+
+def handler_for(module: nn.Module, fqn: str = "") -> AbstractHandler:
+    """The handler for ``module``'s class, or a :class:`StructureError` naming the module and its type."""
+    h = handler_for_or_none(module)
+    if h is not None:
+        return h
+    name = module_type_name(module)
     where = fqn or "<root>"
     raise StructureError(
         f"module {where!r} of type {name} has no structure handler; supported: {', '.join(HANDLERS.names())}. "
@@ -222,11 +235,12 @@ class BatchNormHandler(AbstractHandler):
         self.prune_out(module, kept)
 
 
-class LayerNormHandler(AbstractHandler):
-    """``nn.LayerNorm`` over one (last) dimension.
+class LastDimNormHandler(AbstractHandler):
+    """Normalisation over the last dimension with per-feature affine parameters: ``nn.LayerNorm``, ``nn.RMSNorm``
+    and the RMS norms of model families (``LlamaRMSNorm`` ...: ``weight`` only, no ``normalized_shape``).
 
-    Removing features changes the statistics LayerNorm normalises with, so slimming through a LayerNorm is *not*
-    function-preserving even for dead features (unlike BatchNorm in eval mode).
+    Removing features changes the statistics these normalise with (mean and variance, or the root mean square),
+    so slimming through them is *not* function-preserving even for dead features (unlike BatchNorm in eval mode).
     """
 
     def passthrough(self, module: nn.Module) -> bool:
@@ -238,27 +252,26 @@ class LayerNormHandler(AbstractHandler):
     def channel_dim(self, module: nn.Module) -> int:
         return -1
 
-    def _check(self, module: nn.Module) -> None:
-        m = cast(nn.LayerNorm, module)
-        if len(m.normalized_shape) != 1:
-            raise StructureError(
-                f"LayerNorm with normalized_shape={tuple(m.normalized_shape)}: only one normalised dimension is supported"
-            )
-
     def num_out(self, module: nn.Module) -> int:
-        m = cast(nn.LayerNorm, module)
-        self._check(module)
-        return int(m.normalized_shape[0])
+        shape = getattr(module, "normalized_shape", None)
+        if shape is not None:
+            if len(shape) != 1:
+                raise StructureError(
+                    f"{type(module).__name__} with normalized_shape={tuple(shape)}: only one normalised dimension is supported"
+                )
+            return int(shape[0])
+        return int(cast(Tensor, module.weight).shape[0])
 
     def num_in(self, module: nn.Module) -> int:
         return self.num_out(module)
 
     def prune_out(self, module: nn.Module, kept: Tensor) -> None:
-        m = cast(nn.LayerNorm, module)
-        self._check(module)
-        select_(module, "weight", 0, kept)
-        select_(module, "bias", 0, kept)
-        m.normalized_shape = (len(kept),)
+        self.num_out(module)  # validates
+        for name in ("weight", "bias"):
+            if name in module._parameters:
+                select_(module, name, 0, kept)
+        if getattr(module, "normalized_shape", None) is not None:
+            module.__dict__["normalized_shape"] = (len(kept),)
 
     def prune_in(self, module: nn.Module, kept: Tensor) -> None:
         self.prune_out(module, kept)
@@ -340,12 +353,39 @@ class EmbeddingHandler(AbstractHandler):
         m.num_embeddings = len(kept)
 
 
+class HFConv1DHandler(AbstractHandler):
+    """Hugging Face ``Conv1D`` (GPT-2): a linear layer with ``weight`` stored (in, out) and attributes ``nx``, ``nf``."""
+
+    def unit_dim(self, module: nn.Module) -> int | None:
+        return 1
+
+    def channel_dim(self, module: nn.Module) -> int:
+        return -1
+
+    def num_out(self, module: nn.Module) -> int:
+        return int(cast(Tensor, module.weight).shape[1])
+
+    def num_in(self, module: nn.Module) -> int:
+        return int(cast(Tensor, module.weight).shape[0])
+
+    def prune_out(self, module: nn.Module, kept: Tensor) -> None:
+        select_(module, "weight", 1, kept)
+        select_(module, "bias", 0, kept)
+        module.__dict__["nf"] = len(kept)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        select_(module, "weight", 0, kept)
+        if hasattr(module, "nx"):
+            module.__dict__["nx"] = len(kept)
+
+
 LINEAR = LinearHandler()
 CONV = ConvHandler()
 BATCHNORM = BatchNormHandler()
-LAYERNORM = LayerNormHandler()
+LAYERNORM = LastDimNormHandler()
 GROUPNORM = GroupNormHandler()
 EMBEDDING = EmbeddingHandler()
+HF_CONV1D = HFConv1DHandler()
 
 HANDLERS.register("Linear")(LINEAR)
 for _n in ("Conv1d", "Conv2d", "Conv3d"):
@@ -355,3 +395,59 @@ for _n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
 HANDLERS.register("LayerNorm")(LAYERNORM)
 HANDLERS.register("GroupNorm")(GROUPNORM)
 HANDLERS.register("Embedding")(EMBEDDING)
+HANDLERS.register("RMSNorm")(LAYERNORM)
+HANDLERS.register("Conv1D")(HF_CONV1D)  # transformers.pytorch_utils.Conv1D (torch's own is Conv1d)
+
+
+# -- attention modules: head counts follow the projections ------------------------------------------------------
+
+_Q_NAMES = ("q_proj", "query", "q", "q_lin", "q_attn")
+_K_NAMES = ("k_proj", "key", "k", "k_lin")
+_HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+
+
+def _width(m: nn.Module | None) -> int | None:
+    if m is None:
+        return None
+    h = handler_for_or_none(m)
+    return h.num_out(m) if h is not None else None
+
+
+def sync_attention_attributes_(model: nn.Module) -> list[str]:
+    """After heads were removed, set the head counts attention modules keep as attributes; returns what changed.
+
+    Removing heads shrinks the q/k/v/o projections (the plan) but not ``num_heads``-style integers, and some
+    forwards read them (OPT: ``view(bsz, -1, self.num_heads, self.head_dim)`` — a stale count there silently
+    reshapes the *sequence* instead of failing). For every module with an integer ``head_dim`` (or
+    ``attention_head_size``) and a query projection child, the head count attributes become
+    ``query width // head_dim``, ``num_key_value_heads`` becomes ``key width // head_dim``, ``all_head_size`` the
+    query width, and GPT-2's fused ``c_attn`` gets ``split_size`` = its width / 3.
+    """
+    changed: list[str] = []
+
+    def put(m: nn.Module, fqn: str, attr: str, value: int) -> None:
+        if isinstance(getattr(m, attr, None), int) and getattr(m, attr) != value:
+            setattr(m, attr, value)
+            changed.append(f"{fqn}.{attr}={value}")
+
+    for fqn, m in model.named_modules():
+        hd = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
+        if not isinstance(hd, int) or hd <= 0:
+            continue
+        children = dict(m.named_children())
+        q = next((w for n in _Q_NAMES if (w := _width(children.get(n))) is not None), None)
+        k = next((w for n in _K_NAMES if (w := _width(children.get(n))) is not None), None)
+        fused = _width(children.get("c_attn"))
+        if fused is not None:  # GPT-2: c_attn = [q | k | v], or [k | v] for cross-attention (q from q_attn)
+            parts = 2 if "q_attn" in children else 3
+            put(m, fqn, "split_size", fused // parts)
+            k = fused // parts
+            q = q if q is not None else k
+        if q is None:
+            continue
+        for attr in _HEAD_COUNT_ATTRS:
+            put(m, fqn, attr, q // hd)
+        if k is not None:
+            put(m, fqn, "num_key_value_heads", k // hd)
+        put(m, fqn, "all_head_size", q)
+    return changed

@@ -21,6 +21,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
         super().__init__()
         self.n_head, self.dropout = n_head, dropout
+        self.head_dim = n_embd // n_head
         self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.k_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.v_proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -28,11 +29,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, c = x.shape
-        hs = c // self.n_head
+        b, t, _ = x.shape
 
-        def heads(p: nn.Module) -> Tensor:
-            out: Tensor = p(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        def heads(p: nn.Module) -> Tensor:  # head count from the projection's width: heads can be pruned
+            out: Tensor = p(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
             return out
 
         y = F.scaled_dot_product_attention(
@@ -42,7 +42,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=True,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, nh * hs)
         out: Tensor = self.resid_drop(self.out_proj(y))
         return out
 
