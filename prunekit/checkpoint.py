@@ -5,6 +5,12 @@ Layout of a checkpoint directory::
     model.safetensors      model state_dict, masks included (shared tensors stored once)
     optimizer.safetensors  optimizer state tensors (optional)
     prunekit.json          format, versions, model spec, recipe, pruner state, mask modes, aliases, extra
+    plan.json              structured removals applied after building the model (optional; slim models)
+    <side files>           e.g. a Hugging Face ``config.json`` the model spec refers to (optional)
+
+A slim (physically pruned) model is stored as the *original* architecture's spec plus ``plan.json``: loading
+rebuilds the original, applies the plan (:func:`prunekit.structure.plan.apply_plan_`), then loads the weights
+strictly (see :mod:`prunekit.structure.persist`).
 
 A checkpoint is written to a temporary sibling directory and renamed into place, so a crash never leaves a
 half-written checkpoint, and an existing directory is only replaced when ``overwrite=True``.
@@ -16,9 +22,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,11 +35,16 @@ from torch import Tensor, nn
 from prunekit import masks as M
 from prunekit.errors import CheckpointError
 
+if TYPE_CHECKING:
+    from prunekit.structure.plan import PrunePlan
+
 FORMAT = "prunekit-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 OPTIM = "optimizer.safetensors"
 META = "prunekit.json"
+PLAN = "plan.json"
+_RESERVED = (WEIGHTS, OPTIM, META, PLAN)
 
 
 def _dedupe(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -93,9 +105,21 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    plan: PrunePlan | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``model`` (with its masks) and optional metadata to the directory ``path``, atomically."""
+    """Write ``model`` (with its masks) and optional metadata to the directory ``path``, atomically.
+
+    ``plan``: the structured removals that turn the architecture ``model_spec`` builds into ``model`` (written to
+    ``plan.json`` and re-applied on load). ``files``: extra text files (name -> content) written in the same
+    atomic step, e.g. a Hugging Face ``config.json`` or a report.
+    """
     path = Path(path)
+    for name in files or {}:
+        if name in _RESERVED or Path(name).name != name or name.startswith("."):
+            raise CheckpointError(
+                f"{path}: cannot write side file {name!r} (a plain file name other than {', '.join(_RESERVED)})"
+            )
     tmp, commit = atomic_dir(path, overwrite)
     try:
         tensors, aliases = _dedupe(model.state_dict())
@@ -111,6 +135,11 @@ def save_checkpoint(
             "aliases": aliases,
             "extra": extra or {},
         }
+        if plan is not None:
+            (tmp / PLAN).write_text(plan.to_json(indent=1) + "\n", encoding="utf-8")
+            meta["plan"] = PLAN
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if optimizer is not None:
             osd = optimizer.state_dict()
             otensors: dict[str, Tensor] = {}
@@ -173,16 +202,23 @@ def load_checkpoint(
     """Load a checkpoint into ``model`` (or rebuild it from the stored model spec). Never unpickles.
 
     Masks found in the file are attached (with their stored mode) before the weights are loaded, so a plain,
-    freshly built model comes back masked exactly as it was saved.
+    freshly built model comes back masked exactly as it was saved. A checkpoint with a ``plan.json`` (a slim
+    model) applies the plan first, to the rebuilt model or to ``model``, which must then be the original
+    architecture.
     """
     path = Path(path)
     meta = read_meta(path)
     if model is None:
-        from prunekit.models import build_model
-
         if not meta.get("model"):
             raise CheckpointError(f"{path}: no model spec stored; pass the model to load into")
-        model = build_model(meta["model"])
+        from prunekit.structure.persist import build_from_spec
+
+        model = build_from_spec(path, meta["model"])
+    plan = read_plan(path, meta)
+    if plan is not None:
+        from prunekit.structure.persist import apply_stored_plan_
+
+        apply_stored_plan_(model, plan, path / PLAN)
     sd = _load_tensors(path / WEIGHTS)
     for alias, src in meta.get("aliases", {}).items():
         sd[alias] = sd[src]
@@ -194,6 +230,28 @@ def load_checkpoint(
     if optimizer is not None:
         load_optimizer_state(path, optimizer, meta)
     return Checkpoint(model, meta)
+
+
+def read_plan(path: str | Path, meta: Mapping[str, Any] | None = None) -> PrunePlan | None:
+    """The structured plan stored in checkpoint ``path`` (None for an ordinary checkpoint)."""
+    path = Path(path)
+    meta = meta if meta is not None else read_meta(path)
+    name = meta.get("plan")
+    if name is None:
+        return None
+    if name != PLAN:
+        raise CheckpointError(f"{path / META}: 'plan' must be {PLAN!r}, got {name!r}")
+    from prunekit.structure.plan import PlanError, PrunePlan
+
+    p = path / PLAN
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read the structured plan ({e.strerror or e})") from None
+    try:
+        return PrunePlan.from_json(text)
+    except PlanError as e:
+        raise PlanError(f"{p}: {e}") from None
 
 
 def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any] | None = None) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunekit import masks as M
-from prunekit.checkpoint import META, atomic_dir, load_checkpoint, save_checkpoint
+from prunekit.checkpoint import META, atomic_dir, load_checkpoint, read_plan, save_checkpoint
 from prunekit.errors import ModelLoadError
 
 Kind = Literal["prunekit", "huggingface", "export"]
@@ -85,6 +85,17 @@ def _export_weight_owners(ep: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(owners))
 
 
+def _hf_example(cfg: Any) -> Any:
+    return {"input_ids": torch.ones(1, 8, dtype=torch.long)} if hasattr(cfg, "vocab_size") else None
+
+
+def check_output_path(loaded: LoadedModel, out: str | Path) -> None:
+    """Refuse an output directory that is the input or lies inside it."""
+    out = Path(out)
+    if out.resolve() == loaded.path.resolve() or loaded.path.resolve() in out.resolve().parents:
+        raise ModelLoadError(f"--out {out} would write inside the input {loaded.path}; choose another directory")
+
+
 def load_model(path: str | Path) -> LoadedModel:
     p = Path(path)
     kind = detect(p)
@@ -92,6 +103,8 @@ def load_model(path: str | Path) -> LoadedModel:
         ck = load_checkpoint(p)
         shape = (ck.meta.get("extra") or {}).get("input_shape")
         example = torch.zeros(*shape) if shape else None
+        if example is None and isinstance(ck.meta.get("model"), dict) and "huggingface" in ck.meta["model"]:
+            example = _hf_example(ck.model.config)
         return LoadedModel(kind, ck.model, p, example, ck.meta)
     if kind == "huggingface":
         try:
@@ -104,8 +117,7 @@ def load_model(path: str | Path) -> LoadedModel:
         cls = cls or transformers.AutoModel
         model = cls.from_pretrained(p, local_files_only=True)
         model.eval()
-        hf_example = {"input_ids": torch.ones(1, 8, dtype=torch.long)} if hasattr(cfg, "vocab_size") else None
-        return LoadedModel(kind, model, p, hf_example, {"architecture": arch})
+        return LoadedModel(kind, model, p, _hf_example(cfg), {"architecture": arch})
     _check_pt2_without_pickle(p)
     ep = torch.export.load(str(p))
     args, kwargs = ep.example_inputs or ((), {})
@@ -124,13 +136,21 @@ def save_pruned(
     and the masks saved beside them in ``masks.safetensors``.
     """
     out = Path(out)
-    if out.resolve() == loaded.path.resolve() or loaded.path.resolve() in out.resolve().parents:
-        raise ModelLoadError(f"--out {out} would write inside the input {loaded.path}; choose another directory")
+    check_output_path(loaded, out)
     if loaded.kind == "prunekit":
+        from prunekit.structure.persist import carried_files
+
         extra = dict(loaded.meta.get("extra") or {})
         extra["report"] = report
-        return save_checkpoint(
-            out, loaded.model, model_spec=loaded.meta.get("model"), recipe=recipe, pruner_state=pruner_state, extra=extra
+        return save_checkpoint(  # a slim input keeps its plan and side files (the masks are on the slim model)
+            out,
+            loaded.model,
+            model_spec=loaded.meta.get("model"),
+            recipe=recipe,
+            pruner_state=pruner_state,
+            extra=extra,
+            plan=read_plan(loaded.path, loaded.meta),
+            files=carried_files(loaded.path, loaded.meta),
         )
     tmp, commit = atomic_dir(out, overwrite=False)
     try:

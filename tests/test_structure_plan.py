@@ -76,8 +76,10 @@ def test_from_json_validates_and_names_the_entry(entry: dict[str, object], match
 def test_from_json_rejects_bad_documents() -> None:
     with pytest.raises(PlanError, match="not valid JSON"):
         PrunePlan.from_json("{")
-    with pytest.raises(PlanError, match="version 2"):
-        PrunePlan.from_json('{"version": 2, "entries": []}')
+    with pytest.raises(PlanError, match="version 3; this prunekit reads versions 1, 2"):
+        PrunePlan.from_json('{"version": 3, "entries": []}')
+    with pytest.raises(PlanError, match=r"version 1: unknown keys \['depth'\]"):
+        PrunePlan.from_json('{"version": 1, "entries": [], "depth": []}')
     with pytest.raises(PlanError, match="duplicate"):
         PrunePlan((PlanEntry("0", "out", 5, (0,)), PlanEntry("0", "out", 5, (1,))))
 
@@ -112,3 +114,22 @@ def test_handler_refusal_leaves_the_model_untouched() -> None:
         m, PrunePlan((PlanEntry("0", "out", 4, (2, 3)), PlanEntry("1", "out", 4, (2, 3)), PlanEntry("2", "in", 4, (2, 3))))
     )
     assert (m[0].out_channels, m[1].num_groups, m[2].in_channels) == (2, 1, 2)
+
+
+def test_add_bias_entry_adds_a_zero_bias_once() -> None:
+    plan = PrunePlan((PlanEntry("0", "out", 5, (1, 3)),), add_bias=("0",))
+    m = apply_plan_(nn.Sequential(nn.Linear(4, 5, bias=False)), plan)
+    assert m[0].bias is not None and m[0].bias.shape == (2,) and not m[0].bias.any()
+    assert "0.bias" in m.state_dict()
+    with torch.device("meta"):  # persistence rehearses the load on the meta device
+        meta = apply_plan_(nn.Sequential(nn.Linear(4, 5, bias=False)), plan)
+    assert meta[0].bias.shape == (2,)
+    has_bias = nn.Sequential(nn.Linear(4, 5))
+    b = has_bias[0].bias.detach().clone()
+    apply_plan_(has_bias, PrunePlan(add_bias=("0",)))  # the folded model already has it: left alone
+    assert torch.equal(has_bias[0].bias, b)
+    assert PrunePlan.from_json(plan.to_json()) == plan
+    with pytest.raises(PlanError, match=r"plan add_bias 0: a bias can only be added to Linear, Conv1d, Conv2d, Conv3d, not ReLU"):
+        apply_plan_(nn.Sequential(nn.ReLU()), PrunePlan(add_bias=("0",)))
+    with pytest.raises(PlanError, match=r"plan add_bias: duplicate modules"):
+        PrunePlan(add_bias=("0", "0"))

@@ -1,4 +1,4 @@
-"""``prunekit`` command line: list, prune, demo.
+"""``prunekit`` command line: list, prune, shrink, demo, run, report.
 
 Recipe flags are derived from :class:`prunekit.recipe.PruneRecipe` fields (their help text comes from the
 field metadata), so the YAML key ``scorer``, the flag ``--scorer`` and ``prunekit list scorers`` are one thing.
@@ -44,10 +44,12 @@ def _registries() -> dict[str, Any]:
     from prunekit.patterns import PATTERNS
     from prunekit.schedules import SCHEDULES
     from prunekit.scoring import SCORERS
+    from prunekit.structure.importance import GROUP_ALLOCATORS
 
     return {
         "scorers": SCORERS,
         "allocators": ALLOCATORS,
+        "group_allocators": GROUP_ALLOCATORS,
         "patterns": PATTERNS,
         "schedules": SCHEDULES,
         "models": MODELS,
@@ -145,19 +147,191 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if loaded.target_modules is not None and recipe.targets == Targets():
         recipe = recipe.replace(targets=Targets(types=("*",), include=loaded.target_modules or ("<none>",)))
     pruner = Pruner(recipe).attach(loaded.model)
-    ctx = None
-    if args.calibration:
-        from prunekit.data import load_dataset
-        from prunekit.train import calibration_context
-
-        data = load_dataset(args.calibration, "train")
-        ctx = calibration_context(loaded.model, data, args.calibration_batches, args.calibration_batch_size)
+    ctx = _calibration_context(args, loaded.model)
     pruner.prune_(ctx)
     rep = sparsity_report(loaded.model, loaded.example)
     save_pruned(loaded, out, recipe=recipe_to_dict(recipe), report=rep.to_dict(), pruner_state=pruner.state_dict())
     (out / "report.md").write_text(rep.to_markdown() + "\n", encoding="utf-8")
     print(rep.to_markdown())
     print(f"\nwrote {out}")
+    return 0
+
+
+def add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration",
+        metavar="DATASET",
+        help="registered dataset whose training split feeds data-driven criteria (taylor, obd, obs, apoz, lda, ...)",
+    )
+    p.add_argument("--calibration-batches", type=int, default=8, metavar="N", help="calibration batches (default 8)")
+    p.add_argument("--calibration-batch-size", type=int, default=64, metavar="B", help="calibration batch size (default 64)")
+
+
+def _calibration_context(args: argparse.Namespace, model: Any) -> Any:
+    """The ScoreContext of ``--calibration`` (None without it), shared by ``prune`` and ``shrink``."""
+    if not args.calibration:
+        return None
+    from prunekit.data import load_dataset
+    from prunekit.train import calibration_context
+
+    data = load_dataset(args.calibration, "train")
+    return calibration_context(model, data, args.calibration_batches, args.calibration_batch_size)
+
+
+# -- shrink -------------------------------------------------------------------------------------------------
+
+SHRINK_EPILOG = """examples:
+  prunekit shrink --model ckpt/ --ratio 0.5 --out slim/
+  prunekit shrink --model ckpt/ --recipe shrink.yaml --batch-size 32 --out slim/
+  prunekit shrink --model ckpt/ --ratio 0.5 --allocator '{name: global, max_fraction: 0.8}' --round-to 8 --out slim/
+  prunekit shrink --model ckpt/ --scorer taylor --calibration mnist --exclude 'features.0' --out slim/
+
+recipe file (YAML; every key optional, flags override it):
+  ratio: 0.5
+  scorer: {name: magnitude, p: 1}        # any registered scorer (prunekit list scorers)
+  reduction: mean                        # sum | mean | max over a group's members
+  normalize: mean                        # none | mean | max | l2, per member before combining
+  roles: [producer, consumer]            # + follower: BatchNorm/LayerNorm weights
+  allocator: {name: global, max_fraction: 0.8}   # uniform | global
+  round_to: 8
+  types: [Linear, Conv2d]
+  exclude: ["classifier*"]
+"""
+_SHRINK_LIST_FIELDS = {"roles": "ROLE", "types": "TYPE", "include": "GLOB", "exclude": "GLOB"}
+
+
+def add_shrink_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~prunekit.structure.importance.StructuredConfig` field, help from its metadata."""
+    from prunekit.structure.importance import StructuredConfig
+
+    g = p.add_argument_group("shrink recipe fields (override the recipe file)")
+    for f in dataclasses.fields(StructuredConfig):
+        if f.name == "version":
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + (["--criterion"] if f.name == "scorer" else [])
+        help_text = f.metadata.get("help", "")
+        if f.name in _SHRINK_LIST_FIELDS:
+            g.add_argument(
+                *flags, dest=f"s_{f.name}", action="append", metavar=_SHRINK_LIST_FIELDS[f.name], help=help_text + " (repeatable)"
+            )
+        else:
+            g.add_argument(*flags, dest=f"s_{f.name}", metavar=f.name.upper(), help=help_text)
+    g.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="set any recipe key, e.g. --set scorer.p=2 (repeatable)"
+    )
+
+
+def shrink_config_from_args(args: argparse.Namespace) -> Any:
+    """Recipe file, then flags, then ``--set``; validated into a StructuredConfig (ConfigError names the field)."""
+    from prunekit.config import read_yaml
+    from prunekit.structure.importance import StructuredConfig, config_from_dict
+
+    data: Any = read_yaml(args.recipe, "recipe") if args.recipe else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("recipe", args.recipe, "expected a mapping of shrink fields (ratio, scorer, allocator, ...)")
+    for f in dataclasses.fields(StructuredConfig):
+        v = getattr(args, f"s_{f.name}", None)
+        if v is not None:
+            data[f.name] = [_yaml_value(x) for x in v] if f.name in _SHRINK_LIST_FIELDS else _yaml_value(v)
+    for item in args.set:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "expected KEY=VALUE, e.g. --set scorer.p=2")
+        set_path(data, key, _yaml_value(val))
+    return config_from_dict(data)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,32,32"`` or ``"1x3x32x32"`` -> (1, 3, 32, 32)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError("--example-shape", text, "expected positive integers such as 1,3,32,32")
+    return shape
+
+
+def _example_for_shrink(args: argparse.Namespace, loaded: Any) -> Any:
+    """``--example-shape`` (random normal, seeded), else the first sample of ``--calibration``, else the
+    checkpoint's own example (its recorded input shape, or token ids for Hugging Face models)."""
+    import torch
+
+    if args.example_shape:
+        return torch.randn(parse_shape(args.example_shape), generator=torch.Generator().manual_seed(0))
+    if args.calibration:
+        from prunekit.data import load_dataset
+
+        return load_dataset(args.calibration, "train").without_augmentation().get(slice(0, 1))[0]
+    if loaded.example is None:
+        raise ConfigError(
+            "--example-shape", None, "missing: the checkpoint records no input shape; give e.g. --example-shape 1,3,32,32"
+        )
+    return loaded.example
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    import copy
+
+    from prunekit import masks as M
+    from prunekit.checkpoint import read_plan
+    from prunekit.loaders import check_output_path, load_model
+    from prunekit.structure.compare import compare_models
+    from prunekit.structure.handlers import sync_attention_attributes_
+    from prunekit.structure.importance import config_to_dict, structured_plan
+    from prunekit.structure.persist import compose_plans, save_slim
+    from prunekit.structure.plan import apply_plan_
+
+    config = shrink_config_from_args(args)
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", args.batch_size, "must be a positive integer")
+    if args.repeats < 1:
+        raise ConfigError("--repeats", args.repeats, "must be a positive integer")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads", args.threads, "must be a positive integer")
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError("--out", str(out), "already exists; prunekit never overwrites, choose a new directory")
+    loaded = load_model(args.model)
+    if loaded.kind == "export":
+        raise ConfigError("--model", str(args.model), "shrink needs a prunekit checkpoint or a Hugging Face model directory")
+    check_output_path(loaded, out)
+    model = loaded.model
+    if next(M.masked_params(model), None) is not None:
+        logging.getLogger(__name__).info("baking masks into the weights before slimming")
+        M.finalize_(model)
+    example = _example_for_shrink(args, loaded)
+    ctx = _calibration_context(args, model)
+    plan = structured_plan(model, example, config, ctx)
+    if not plan.entries:
+        raise ConfigError(
+            "ratio", config.ratio, "removes no unit of any eligible group; raise it or check --types/--include/--exclude"
+        )
+    slim = apply_plan_(copy.deepcopy(model), plan)
+    sync_attention_attributes_(slim)
+    rep = compare_models(model, slim, example, args.batch_size, args.repeats, threads=args.threads)
+    md = rep.to_markdown()
+    before = read_plan(loaded.path, loaded.meta) if loaded.kind == "prunekit" else None
+    full = compose_plans(before, plan) if before is not None else plan
+    extra = dict(loaded.meta.get("extra") or {}) if loaded.kind == "prunekit" else {}
+    extra.pop("report", None)  # a mask report of the input no longer describes the slim model
+    if "input_shape" not in extra and hasattr(example, "shape"):
+        extra["input_shape"] = list(example.shape)
+    removed = sum(e.removed for e in plan.entries if e.axis == "out")
+    extra["shrink"] = {"config": config_to_dict(config), "report": rep.to_dict(), "removed_out_units": removed}
+    save_slim(
+        out,
+        slim,
+        full,
+        model_spec=loaded.meta.get("model") if loaded.kind == "prunekit" else None,
+        extra=extra,
+        files={"report.md": md + "\n", "report.json": rep.to_json() + "\n"},
+    )
+    print(md)
+    print(f"\nremoved {removed:,} output units across {sum(e.axis == 'out' for e in plan.entries)} modules; wrote {out}")
     return 0
 
 
@@ -303,15 +477,29 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--model", required=True, help="model path")
     pp.add_argument("--recipe", help="recipe YAML file")
     pp.add_argument("--out", required=True, help="new output directory (must not exist)")
-    pp.add_argument(
-        "--calibration",
-        metavar="DATASET",
-        help="registered dataset whose training split feeds data-driven criteria (taylor, obd, obs, apoz, lda, ...)",
-    )
-    pp.add_argument("--calibration-batches", type=int, default=8, metavar="N", help="calibration batches (default 8)")
-    pp.add_argument("--calibration-batch-size", type=int, default=64, metavar="B", help="calibration batch size (default 64)")
+    add_calibration_flags(pp)
     add_recipe_flags(pp)
     pp.set_defaults(fn=cmd_prune)
+
+    ps = sub.add_parser(
+        "shrink",
+        help="physically remove channels/neurons by group importance; write the slim checkpoint and a before/after table",
+        description="Structured pruning with physical removal: score every coupled group of units with a criterion, "
+        "remove the lowest-scoring ones (recipe file and/or flags), and write the slim checkpoint (safetensors weights, "
+        "plan.json, the original architecture) plus report.md/report.json (parameters, MACs, CPU latency) into --out.",
+        epilog=SHRINK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ps.add_argument("--model", required=True, help="prunekit checkpoint directory or Hugging Face model directory")
+    ps.add_argument("--recipe", help="shrink recipe YAML file")
+    ps.add_argument("--out", required=True, help="new output directory (must not exist)")
+    ps.add_argument("--example-shape", metavar="SHAPE", help="example input shape for tracing and MACs, e.g. 1,3,32,32")
+    ps.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch size of the latency measurement (default 1)")
+    ps.add_argument("--repeats", type=int, default=7, metavar="N", help="interleaved latency repeats; the median is reported")
+    ps.add_argument("--threads", type=int, metavar="N", help="intra-op threads for the latency measurement (default: torch's)")
+    add_calibration_flags(ps)
+    add_shrink_flags(ps)
+    ps.set_defaults(fn=cmd_shrink)
 
     pd = sub.add_parser("demo", help="train, prune to 90 %% and fine-tune an MLP on scikit-learn digits (about 10 s)")
     pd.add_argument("--sparsity", type=float, default=0.9, help="target sparsity (default 0.9)")

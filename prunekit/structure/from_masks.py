@@ -6,10 +6,12 @@ Linear, filter ``c`` of a conv, column ``c`` of an Embedding) is masked. A group
 
 Exactness. A dead unit still emits its bias (and, after BatchNorm, ``beta - gamma * mean / std``), which reaches
 the next layer through the activation. The slimmed model equals the masked model only if those constants are
-zero, i.e. the pruned units' bias and BatchNorm affine weight and bias are zero as well (the rule the tests use);
-otherwise removing the unit drops that constant. Folding the constant into the consumer's bias is not done yet.
+zero, or once they are folded into the consumers with :func:`prunekit.structure.folding.fold_removed_` (which also
+keeps any unit that cannot be removed exactly). Units left dead by *element* masks (no inputs or no outputs) are
+found by :func:`prunekit.structure.dead_units.dead_unit_plan`.
 Groups containing a LayerNorm are never exact: removing features changes the statistics it normalises with.
 Through a GroupNorm only whole normalisation groups are removed (a group with one live channel stays whole).
+A producer's unit may be a block of its output rows (an attention head): it is dead when the whole block is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.masks import get_mask, has_mask
+from prunekit.structure._units import per_unit
 from prunekit.structure.graph import Group, build_groups
 from prunekit.structure.handlers import StructureError, handler_for
 from prunekit.structure.plan import Axis, PlanEntry, PrunePlan
@@ -44,7 +47,7 @@ def kept_units(model: nn.Module, group: Group) -> Tensor:
     dead = torch.ones(group.size, dtype=torch.bool)
     for p in group.producers:
         d = dead_units(mods[p.fqn], p.fqn)
-        dead &= torch.zeros_like(dead) if d is None else d.cpu()
+        dead &= torch.zeros_like(dead) if d is None else per_unit(p, d.cpu(), group.size).all(1)
     for m in group.members:  # GroupNorm: only whole normalisation groups can go
         gn = mods[m.fqn]
         if isinstance(gn, nn.GroupNorm):

@@ -1,13 +1,28 @@
-"""``PrunePlan``: a JSON-serialisable, replayable list of unit removals, and :func:`apply_plan_`, the only mutation.
+"""``PrunePlan``: a JSON-serialisable, replayable list of removals, and :func:`apply_plan_`, the only mutation.
 
-Granularity: one entry per (module, axis), not per tensor. An entry says "module ``fqn`` had ``size`` units on
-its ``out`` (or ``in``) axis and keeps ``kept``"; the module's handler (:mod:`prunekit.structure.handlers`) maps
-that to every tensor it touches (weight dim 0 or 1, bias, BatchNorm running stats, grouped-conv per-group columns)
-and to the module attributes. A per-tensor plan could leave a module half-pruned (weight sliced, bias not,
-``out_features`` stale); :meth:`PrunePlan.tensor_view` lists the per-tensor effect for inspection.
+Three kinds of entries, all replayed on a freshly built model by :func:`apply_plan_`:
 
-``size`` makes replay safe: applying a plan to a model whose module does not have ``size`` units on that axis
-(e.g. a plan applied twice) raises before anything is changed.
+* **unit entries** (:class:`PlanEntry`), one per (module, axis), not per tensor: "module ``fqn`` had ``size`` units
+  on its ``out`` (or ``in``) axis and keeps ``kept``". The module's handler (:mod:`prunekit.structure.handlers`)
+  maps that to every tensor it touches (weight dim 0 or 1, bias, BatchNorm running stats, grouped-conv per-group
+  columns) and to the module attributes. A per-tensor plan could leave a module half-pruned (weight sliced, bias
+  not, ``out_features`` stale); :meth:`PrunePlan.tensor_view` lists the per-tensor effect for inspection.
+* **bias entries** (``add_bias``): the module (a ``Linear`` or convolution built with ``bias=False``) gets a zero
+  bias parameter before its units are removed. Folding a removed unit's constant output into a consumer that has no
+  bias (:func:`prunekit.structure.folding.fold_removed_`) creates that parameter on the live model; recording it here
+  lets a fresh model grow the same parameter, so the slim ``state_dict`` loads into it. A module that already has
+  a bias is left alone (the folded model has it; a fresh model does not).
+* **depth entries** (:class:`DepthEntry`): the block ``module`` (a residual block, a transformer layer) is replaced
+  in its parent (``Sequential``, ``ModuleList`` or attribute) by a :class:`~prunekit.structure.skip.SkipBlock`
+  returning its first input (see :mod:`prunekit.structure.depth` for when that is exact).
+
+``size`` (unit entries) and ``class`` (depth entries) make replay safe: applying a plan to a model whose module
+does not have ``size`` units on that axis, or whose block is not of that class (e.g. a plan applied twice), raises
+before anything is changed.
+
+JSON: ``{"version": 1, "entries": [...]}`` when the plan has unit entries only (what prunekit 0.1 wrote, so older
+readers still read it); ``{"version": 2, "entries": [...], "add_bias": [fqn, ...], "depth": [{"module", "class",
+"output", "length"}, ...]}`` otherwise. Both versions are read.
 """
 
 from __future__ import annotations
@@ -15,23 +30,32 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
-from prunekit.masks import masked_params
-from prunekit.structure.handlers import StructureError, handler_for
+from prunekit.masks import masked_params, module_type_name
+from prunekit.structure.handlers import StructureError, handler_for, sync_attention_attributes_
+from prunekit.structure.skip import OUTPUTS, Output, SkipBlock, plain_attributes
 
+log = logging.getLogger(__name__)
 Axis = Literal["out", "in"]
 AXES: tuple[Axis, ...] = ("out", "in")
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+_READABLE = (1, 2)
+_BIASABLE = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
 
 class PlanError(StructureError):
     """A plan is malformed or does not fit the model; the message names the entry."""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -48,12 +72,12 @@ class PlanEntry:
             raise PlanError(f"{where}: 'module' must be a string, got {self.module!r}")
         if self.axis not in AXES:
             raise PlanError(f"{where} ({self.module}): 'axis' must be 'out' or 'in', got {self.axis!r}")
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+        if not _is_int(self.size) or self.size < 1:
             raise PlanError(f"{where} ({self.module}.{self.axis}): 'size' must be a positive integer, got {self.size!r}")
         k = self.kept
         if not k:
             raise PlanError(f"{where} ({self.module}.{self.axis}): 'kept' is empty; at least one unit must stay")
-        if any(not isinstance(i, int) or isinstance(i, bool) for i in k):
+        if any(not _is_int(i) for i in k):
             raise PlanError(f"{where} ({self.module}.{self.axis}): 'kept' must hold integers")
         if any(b <= a for a, b in itertools.pairwise(k)) or k[0] < 0 or k[-1] >= self.size:
             raise PlanError(
@@ -66,10 +90,46 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
+class DepthEntry:
+    """Block ``module`` (of class ``class_name``) is replaced by a :class:`SkipBlock` returning its first input.
+
+    ``output``: ``"tensor"``, or ``"tuple"`` of ``length`` (hidden states, then ``None``s) for callers that index
+    the block's result.
+    """
+
+    module: str
+    class_name: str
+    output: Output = "tensor"
+    length: int = 1
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.module, str) or not self.module:
+            raise PlanError(f"{where}: 'module' must be the non-empty path of a block, got {self.module!r}")
+        if not isinstance(self.class_name, str) or not self.class_name:
+            raise PlanError(f"{where} ({self.module}): 'class' must be the block's class name, got {self.class_name!r}")
+        if self.output not in OUTPUTS:
+            raise PlanError(f"{where} ({self.module}): 'output' must be 'tensor' or 'tuple', got {self.output!r}")
+        if not _is_int(self.length) or self.length < 1 or (self.output == "tensor" and self.length != 1):
+            raise PlanError(
+                f"{where} ({self.module}): 'length' must be 1 for a tensor output, a positive integer for a tuple; "
+                f"got {self.length!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "class": self.class_name, "output": self.output, "length": self.length}
+
+
+def _inside(fqn: str, block: str) -> bool:
+    return fqn == block or fqn.startswith(block + ".")
+
+
+@dataclass(frozen=True)
 class PrunePlan:
-    """An ordered tuple of :class:`PlanEntry`; ``(module, axis)`` pairs are unique."""
+    """Unit entries (unique ``(module, axis)``), modules that get a zero bias, and blocks replaced by identities."""
 
     entries: tuple[PlanEntry, ...] = ()
+    add_bias: tuple[str, ...] = ()
+    depth: tuple[DepthEntry, ...] = ()
 
     def __post_init__(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -78,15 +138,38 @@ class PrunePlan:
             if (e.module, e.axis) in seen:
                 raise PlanError(f"plan entry {i} ({e.module}.{e.axis}): duplicate module/axis")
             seen.add((e.module, e.axis))
+        for i, b in enumerate(self.add_bias):
+            if not isinstance(b, str) or not b:
+                raise PlanError(f"plan add_bias {i}: must be a module path, got {b!r}")
+        if len(set(self.add_bias)) != len(self.add_bias):
+            raise PlanError(f"plan add_bias: duplicate modules in {list(self.add_bias)}")
+        for i, d in enumerate(self.depth):
+            d.validate(f"plan depth entry {i}")
+            for j, other in enumerate(self.depth[:i]):
+                if _inside(d.module, other.module) or _inside(other.module, d.module):
+                    raise PlanError(f"plan depth entry {i} ({d.module}): overlaps depth entry {j} ({other.module})")
+            for j, e in enumerate(self.entries):
+                if _inside(e.module, d.module):
+                    raise PlanError(
+                        f"plan entry {j} ({e.module}.{e.axis}) is inside block {d.module}, removed by depth entry {i}"
+                    )
+            for b in self.add_bias:
+                if _inside(b, d.module):
+                    raise PlanError(f"plan add_bias {b} is inside block {d.module}, removed by depth entry {i}")
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.add_bias) + len(self.depth)
 
     # -- serialisation -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        entries = [{"module": e.module, "axis": e.axis, "size": e.size, "kept": list(e.kept)} for e in self.entries]
+        if not self.add_bias and not self.depth:
+            return {"version": 1, "entries": entries}
         return {
             "version": PLAN_VERSION,
-            "entries": [{"module": e.module, "axis": e.axis, "size": e.size, "kept": list(e.kept)} for e in self.entries],
+            "entries": entries,
+            "add_bias": list(self.add_bias),
+            "depth": [d.to_dict() for d in self.depth],
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -96,8 +179,12 @@ class PrunePlan:
     def from_dict(cls, data: object) -> PrunePlan:
         if not isinstance(data, dict):
             raise PlanError(f"plan must be a JSON object, got {type(data).__name__}")
-        if data.get("version") != PLAN_VERSION:
-            raise PlanError(f"plan version {data.get('version')!r}; this prunekit reads version {PLAN_VERSION}")
+        version = data.get("version")
+        if version not in _READABLE:
+            raise PlanError(f"plan version {version!r}; this prunekit reads versions {', '.join(map(str, _READABLE))}")
+        allowed = {"version", "entries"} | ({"add_bias", "depth"} if version == 2 else set())
+        if set(data) - allowed:
+            raise PlanError(f"plan version {version}: unknown keys {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
         raw = data.get("entries")
         if not isinstance(raw, list):
             raise PlanError("plan 'entries' must be a list")
@@ -108,7 +195,18 @@ class PrunePlan:
             if not isinstance(r["kept"], list):
                 raise PlanError(f"plan entry {i} ({r['module']}): 'kept' must be a list")
             entries.append(PlanEntry(r["module"], r["axis"], r["size"], tuple(r["kept"])))
-        return cls(tuple(entries))
+        add_bias = data.get("add_bias", [])
+        if not isinstance(add_bias, list):
+            raise PlanError("plan 'add_bias' must be a list of module paths")
+        raw_depth = data.get("depth", [])
+        if not isinstance(raw_depth, list):
+            raise PlanError("plan 'depth' must be a list")
+        depth = []
+        for i, r in enumerate(raw_depth):
+            if not isinstance(r, dict) or set(r) != {"module", "class", "output", "length"}:
+                raise PlanError(f"plan depth entry {i}: expected keys module, class, output, length; got {r!r}"[:300])
+            depth.append(DepthEntry(r["module"], r["class"], r["output"], r["length"]))
+        return cls(tuple(entries), tuple(add_bias), tuple(depth))
 
     @classmethod
     def from_json(cls, text: str) -> PrunePlan:
@@ -119,15 +217,16 @@ class PrunePlan:
         return cls.from_dict(data)
 
     # -- inspection --------------------------------------------------------------------------------------
-    def tensor_view(self, model: nn.Module) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-        """``(tensor name, shape before, shape after)`` for every parameter/buffer the plan changes.
+    def tensor_view(self, model: nn.Module) -> list[tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]]:
+        """``(tensor name, shape before, shape after)`` for every parameter/buffer the plan changes, adds or drops.
 
-        Computed by applying the plan to a deep copy, so it is exactly what :func:`apply_plan_` would do;
-        ``model`` is not changed.
+        ``None`` stands for "absent" (a bias the plan adds, the tensors of a removed block). Computed by applying
+        the plan to a deep copy, so it is exactly what :func:`apply_plan_` would do; ``model`` is not changed.
         """
         before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         after = {k: tuple(v.shape) for k, v in apply_plan_(copy.deepcopy(model), self).state_dict().items()}
-        return [(k, before[k], after[k]) for k in before if after.get(k) != before[k]]
+        names = list(before) + [k for k in after if k not in before]
+        return [(k, before.get(k), after.get(k)) for k in names if after.get(k) != before.get(k)]
 
 
 def _check(model: nn.Module, plan: PrunePlan) -> list[tuple[nn.Module, PlanEntry]]:
@@ -146,10 +245,39 @@ def _check(model: nn.Module, plan: PrunePlan) -> list[tuple[nn.Module, PlanEntry
         if have != e.size:
             raise PlanError(f"{where}: plan expects {e.size} units, the module has {have} (plan already applied?)")
         out.append((m, e))
+    for b in plan.add_bias:
+        m = mods.get(b)
+        if m is None:
+            raise PlanError(f"plan add_bias {b}: the model has no module {b!r}")
+        if module_type_name(m) not in _BIASABLE or "bias" not in m._parameters:
+            raise PlanError(f"plan add_bias {b}: a bias can only be added to {', '.join(_BIASABLE)}, not {module_type_name(m)}")
+    for i, d in enumerate(plan.depth):
+        where = f"plan depth entry {i} ({d.module})"
+        m = mods.get(d.module)
+        if m is None:
+            raise PlanError(f"{where}: the model has no module {d.module!r}")
+        if module_type_name(m) != d.class_name:
+            raise PlanError(
+                f"{where}: plan expects a {d.class_name}, the model has a {module_type_name(m)} (plan already applied?)"
+            )
     return out
 
 
-def _apply_entries(module: nn.Module, entries: list[PlanEntry]) -> None:
+def add_zero_bias_(module: nn.Module) -> bool:
+    """Give a ``Linear``/conv built with ``bias=False`` a zero bias (one per output unit); False if it has one."""
+    if module._parameters.get("bias") is not None:
+        return False
+    w = cast(torch.Tensor, module.weight)  # also when a reparametrization computes it
+    n = handler_for(module).num_out(module)
+    module._parameters["bias"] = nn.Parameter(torch.zeros(n, dtype=w.dtype, device=w.device), w.requires_grad)
+    return True
+
+
+def _apply_entries(module: nn.Module, entries: list[PlanEntry], bias: bool) -> None:
+    if bias:
+        add_zero_bias_(module)
+    if not entries:
+        return
     h = handler_for(module, entries[0].module)
     for i, e in enumerate(entries):
         if i and h.passthrough(module):  # out and in are one axis: change it once
@@ -158,25 +286,46 @@ def _apply_entries(module: nn.Module, entries: list[PlanEntry]) -> None:
         (h.prune_out if e.axis == "out" else h.prune_in)(module, kept)
 
 
+def _replace_block_(model: nn.Module, d: DepthEntry) -> None:
+    parent_name, _, name = d.module.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = parent.get_submodule(name)
+    setattr(parent, name, SkipBlock(d.class_name, d.output, d.length, plain_attributes(old)))
+
+
 @torch.no_grad()
 def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
-    """Remove the plan's units from ``model`` in place; returns ``model``.
+    """Apply the plan to ``model`` in place: biases, then unit removals, then block replacements; returns ``model``.
 
     All or nothing: every entry is checked against the model, and each module's removals are first rehearsed on
     a copy of that module (so a handler's refusal, e.g. a GroupNorm group split in two, leaves the model
     untouched). Pass-through modules (BatchNorm, depthwise conv), whose ``out`` and ``in`` are the same axis, are
     changed once even if the plan names both.
     """
-    by_module: dict[int, tuple[nn.Module, list[PlanEntry]]] = {}
+    by_module: dict[int, tuple[nn.Module, list[PlanEntry], bool]] = {}
     for m, e in _check(model, plan):
-        by_module.setdefault(id(m), (m, []))[1].append(e)
-    for m, entries in by_module.values():
-        _apply_entries(copy.deepcopy(m), entries)
-    for m, entries in by_module.values():
-        _apply_entries(m, entries)
+        by_module.setdefault(id(m), (m, [], False))[1].append(e)
+    mods = dict(model.named_modules())
+    for b in plan.add_bias:
+        m = mods[b]
+        by_module[id(m)] = (m, by_module.get(id(m), (m, [], False))[1], True)
+    for m, entries, bias in by_module.values():
+        _apply_entries(copy.deepcopy(m), entries, bias)
+    for m, entries, bias in by_module.values():
+        _apply_entries(m, entries, bias)
+    for d in plan.depth:
+        _replace_block_(model, d)
+    changed = sync_attention_attributes_(model)
+    if changed:
+        log.info("attention head counts updated: %s", ", ".join(changed))
     return model
 
 
 def merge_plans(plans: Iterable[PrunePlan]) -> PrunePlan:
-    """Concatenate plans over disjoint (module, axis) pairs."""
-    return PrunePlan(tuple(e for p in plans for e in p.entries))
+    """Concatenate plans over disjoint (module, axis) pairs, bias modules and blocks."""
+    ps = list(plans)
+    return PrunePlan(
+        tuple(e for p in ps for e in p.entries),
+        tuple(dict.fromkeys(b for p in ps for b in p.add_bias)),
+        tuple(d for p in ps for d in p.depth),
+    )
