@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -30,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line
+from _common import RESULTS_DIR, command_line
 from criteria_common import (
     NETS,
     build,
@@ -163,6 +164,11 @@ def main() -> None:
                     print(f"{net} {crit} {ratio} seed {seed}: dense {r['err_dense']:.2f} pruned {r['err_pruned']:.2f} "
                           f"ft {r['err_ft']:.2f} scratch {r['err_scratch']:.2f}", flush=True)  # fmt: skip
                     rows.append(r)
+    # rows of nets not run this time are kept from the previous result file (nets can be run separately)
+    prev = RESULTS_DIR / f"{args.out}.json"
+    if prev.exists():
+        old = json.loads(prev.read_text())
+        rows = [r for r in old.get("rows", []) if r["net"] not in args.nets] + rows
     sec = section(rows, args.ft_epochs)
     sec["commands"] = ["PRUNEKIT_DATA=/work/shared/data " + command_line()]
     write_results(args.out, sec)

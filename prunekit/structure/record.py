@@ -23,6 +23,7 @@ example input that exercises the path you prune with (e.g. ``use_cache=False`` f
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -218,7 +219,9 @@ def record_graph(model: nn.Module, example_input: Any, is_leaf: Callable[[nn.Mod
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with _hf_no_cache(model), torch.enable_grad(), rec:
+        with _hf_no_cache(model), torch.enable_grad(), warnings.catch_warnings(), rec:
+            # gradients are on only to keep fused inference paths off; scalar reads (``float(x.mean())``) would warn
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
             out = call_model(model, example_input)
     except StructureError:
         raise
