@@ -82,12 +82,15 @@ HANDLERS: Registry[AbstractHandler] = Registry("structure handler")
 
 def handler_for_or_none(module: nn.Module) -> AbstractHandler | None:
     """The handler for ``module``'s class name; RMS norms of any model family (``LlamaRMSNorm``, ``Qwen2RMSNorm``
-    ...: a class name ending in ``RMSNorm`` with a 1-D ``weight``) share one; ``None`` if there is none."""
+    ...: a class name ending in ``RMSNorm`` with a 1-D ``weight``) and ``nn.LayerNorm`` subclasses named ``*LayerNorm``
+    (ConvNeXt's, whose ``data_format`` may put channels first) share the last-dim norm handler; else ``None``."""
     name = module_type_name(module)
     if name in HANDLERS:
         return HANDLERS.get(name)
     w = getattr(module, "weight", None)
     if name.endswith("RMSNorm") and isinstance(w, Tensor) and w.dim() == 1:
+        return LAYERNORM
+    if isinstance(module, nn.LayerNorm) and name.endswith("LayerNorm"):  # e.g. ConvNeXt's, with a data_format
         return LAYERNORM
     return None
 
@@ -250,7 +253,7 @@ class LastDimNormHandler(AbstractHandler):
         return None
 
     def channel_dim(self, module: nn.Module) -> int:
-        return -1
+        return 1 if getattr(module, "data_format", None) == "channels_first" else -1
 
     def num_out(self, module: nn.Module) -> int:
         shape = getattr(module, "normalized_shape", None)
