@@ -100,7 +100,9 @@ class Pruner:
         if ctx is None:
             ctx = ScoreContext(model, step=self.step_count)
         r.scorer.check_context(ctx)
+        r.update.check_context(ctx)
         stats = r.scorer.collect(ctx, self.targets)
+        ustats = r.update.collect(ctx, self.targets)
         target = r.target
 
         def element_scores(t: Target) -> Tensor:
@@ -127,6 +129,7 @@ class Pruner:
         with torch.no_grad():
             for t in self.targets:
                 keep = r.pattern.select(element_scores(t), alloc[t.key])
+                r.update.update_(t, keep, ustats)
                 M.update_mask_(t.module, t.name, keep)
         for opt in M.bound_optimizers(model):
             M.clear_optimizer_state_(opt, model)

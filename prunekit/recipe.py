@@ -24,6 +24,7 @@ from prunekit.masks import MODES, MaskMode
 from prunekit.patterns import NM, AbstractPattern, Unstructured, parse_pattern
 from prunekit.schedules import SCHEDULES, AbstractSchedule, OneShot
 from prunekit.scoring import SCORERS, AbstractScorer, Magnitude
+from prunekit.updaters import UPDATERS, AbstractUpdater, NoUpdate
 
 RECIPE_VERSION = 1
 DEFAULT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -61,6 +62,9 @@ class PruneRecipe:
     scorer: AbstractScorer = field(default_factory=Magnitude, metadata=_help("importance criterion (prunekit list scorers)"))
     allocator: AbstractAllocator = field(default_factory=Uniform, metadata=_help("how sparsity is spread over layers"))
     schedule: AbstractSchedule = field(default_factory=OneShot, metadata=_help("when and how much to prune"))
+    update: AbstractUpdater = field(
+        default_factory=NoUpdate, metadata=_help("update of the remaining weights when masks change: none or obs")
+    )
     targets: Targets = field(default_factory=Targets, metadata=_help("which tensors are pruned"))
     overrides: dict[str, float] = field(default_factory=dict, metadata=_help("fqn glob -> sparsity for those layers"))
     mode: MaskMode = field(default="inplace", metadata=_help("mask enforcement: inplace or reparam"))
@@ -72,6 +76,10 @@ class PruneRecipe:
             raise ConfigError("version", self.version, f"this prunekit reads recipe version {RECIPE_VERSION}")
         if self.mode not in MODES:
             raise ConfigError("mode", self.mode, f"allowed: {', '.join(MODES)}")
+        if not isinstance(self.update, AbstractUpdater):
+            raise ConfigError(
+                "update", self.update, f"an updater object ({', '.join(UPDATERS.names())}); recipe_from_dict takes names"
+            )
         if self.sparsity is not None and not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
             raise ConfigError("sparsity", self.sparsity, "must be in [0, 1)")
         for g, s in self.overrides.items():
@@ -120,12 +128,16 @@ def recipe_from_dict(data: Any) -> PruneRecipe:
         data["allocator"] = build_component(ALLOCATORS, data["allocator"], "allocator")
     if "schedule" in data:
         data["schedule"] = build_component(SCHEDULES, data["schedule"], "schedule")
+    if "update" in data:
+        data["update"] = build_component(UPDATERS, data["update"], "update")
     return from_dict(PruneRecipe, data)
 
 
 def recipe_to_dict(recipe: PruneRecipe) -> dict[str, Any]:
     d: dict[str, Any] = to_dict(recipe)
     d["pattern"] = recipe.pattern.shorthand()
+    if isinstance(recipe.update, NoUpdate):  # the default is left out: recipes (and their hashes) predating it agree
+        del d["update"]
     return d
 
 

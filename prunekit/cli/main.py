@@ -26,6 +26,7 @@ _COMPONENT_EXAMPLES = {
     "scorer": ("scorers", "{name: magnitude, p: 2}"),
     "allocator": ("allocators", "{name: global, max_layer_sparsity: 0.98}"),
     "schedule": ("schedules", "{name: polynomial, begin: 0, end: 1000, every: 100}"),
+    "update": ("updaters", "{name: obs, damping: 0.01}"),
 }
 PRUNE_EPILOG = """examples:
   prunekit prune --model ckpt/ --recipe recipe.yaml --out pruned/
@@ -45,6 +46,7 @@ def _registries() -> dict[str, Any]:
     from prunekit.schedules import SCHEDULES
     from prunekit.scoring import SCORERS
     from prunekit.structure.importance import GROUP_ALLOCATORS
+    from prunekit.updaters import UPDATERS
 
     return {
         "scorers": SCORERS,
@@ -52,6 +54,7 @@ def _registries() -> dict[str, Any]:
         "group_allocators": GROUP_ALLOCATORS,
         "patterns": PATTERNS,
         "schedules": SCHEDULES,
+        "updaters": UPDATERS,
         "models": MODELS,
         "datasets": DATASETS,
     }

@@ -79,7 +79,7 @@ class OBS(AbstractScorer):
     its calibration inputs ``X`` (Linear: tokens; Conv2d: im2col patches, so rows match ``weight.reshape(out, -1)``),
     damped by ``lambda = damping * mean(diag H)``. The saliency is the exact loss increase of removing ``w_q`` *if*
     the remaining weights of its row receive the compensating update ``dw = -(w_q / [H^-1]_qq) H^-1[:, q]``; a scorer
-    has no side effects, so the Pruner only applies the mask. To prune with the update, call
+    has no side effects; the update is the recipe's ``update: obs`` (:class:`prunekit.updaters.OBSUpdate`), or call
     :func:`prunekit.scoring.obs.obs_prune_layer_` (exact sequential OBS for small layers, blocked for large ones).
 
     Hassibi, Stork 1993, "Second order derivatives for network pruning: Optimal Brain Surgeon", NeurIPS 5; layer-wise
