@@ -166,11 +166,13 @@ def main() -> None:
                     rows.append(r)
     # rows of nets not run this time are kept from the previous result file (nets can be run separately)
     prev = RESULTS_DIR / f"{args.out}.json"
+    commands = []
     if prev.exists():
         old = json.loads(prev.read_text())
         rows = [r for r in old.get("rows", []) if r["net"] not in args.nets] + rows
+        commands = [c for c in old.get("commands", []) if not all(n in c for n in args.nets)]
     sec = section(rows, args.ft_epochs)
-    sec["commands"] = ["PRUNEKIT_DATA=/work/shared/data " + command_line()]
+    sec["commands"] = [*commands, "PRUNEKIT_DATA=/work/shared/data " + command_line()]
     write_results(args.out, sec)
 
 
