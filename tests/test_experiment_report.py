@@ -196,3 +196,11 @@ def test_cli_report_errors_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 2 and "no such directory" in errs[0] and "no finished runs" in errs[1]
+
+
+def test_a_method_without_a_protocol_name_is_labelled_by_its_phases(tmp_path):
+    # e.g. runs made before a recipe's phases became named protocols, reported together with the named ones
+    fake_run(tmp_path, make_exp(0.9, 0, protocol="oneshot"), 0.9)
+    fake_run(tmp_path, make_exp(0.9, 0, protocol_phases=["train", "prune", {"rewind": "reinit"}, "train"]), 0.8)
+    labels = [g.label for g in group_runs(collect_runs([tmp_path]))]
+    assert labels == ["oneshot", "train1 prune rewind:reinit train1"]

@@ -10,6 +10,7 @@ import torch
 from prunekit import CheckpointError, ConfigError, load_checkpoint, masks_of
 from prunekit.experiment import (
     REINIT_SEED_OFFSET,
+    collect_runs,
     experiment_from_dict,
     experiment_hash,
     load_experiment,
@@ -230,3 +231,26 @@ def test_a_directory_holding_a_different_experiment_is_refused(tmp_path):
     (run_dir / "experiment.yaml").write_text("name: t\ndata: digits\nmodel: mlp\n")
     with pytest.raises(CheckpointError, match="different experiment"):
         run_experiment(e, tmp_path)
+
+
+def test_runs_of_a_sweep_train_their_common_dense_phase_once_with_the_same_result(tmp_path):
+    def plain(metrics):
+        return without_seconds({**metrics, "phases": [{k: v for k, v in p.items() if k != "shared"} for p in metrics["phases"]]})
+
+    sweep = tmp_path / "sweep"
+    first = run_experiment(exp(pruning={"sparsity": 0.5, "allocator": "global"}), sweep)
+    (entry,) = (sweep / ".shared").iterdir()
+    e = exp()  # the same dense phase, another sparsity
+    reused = run_experiment(e, sweep)
+    alone = run_experiment(e, tmp_path / "alone")
+    assert reused.metrics is not None and alone.metrics is not None and first.metrics is not None
+    assert reused.metrics["phases"][0]["shared"] == entry.name and "shared" not in first.metrics["phases"][0]
+    assert plain(reused.metrics) == plain(alone.metrics)
+    a, b = weights(reused.run_dir), weights(alone.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_text = (reused.run_dir / "log.txt").read_text()
+    assert "loaded the shared dense prefix" in log_text and "phase 1/3" not in log_text
+    other_seed = run_experiment(exp(seed=1), sweep)
+    assert other_seed.metrics is not None and "shared" not in other_seed.metrics["phases"][0]
+    assert len(list((sweep / ".shared").iterdir())) == 2
+    assert len(collect_runs([sweep])) == 3  # the shared entries are not runs

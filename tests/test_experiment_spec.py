@@ -215,5 +215,16 @@ def test_example_recipes_say_what_the_issue_asks():
     targets = sorted({e.target_sparsity for e in curve})
     assert len(targets) >= 10 and targets[0] == 0.0 and targets[-1] == 0.995 and {e.seed for e in curve} == {0, 1, 2}
     ovi = load_experiments(RECIPES / "oneshot_vs_iterative.yaml")
-    assert {(e.target_sparsity, e.protocol) for e in ovi} == {(s, p) for s in (0.9, 0.95, 0.98) for p in ("oneshot", "iterative")}
-    assert len({e.epoch_budget for e in ovi}) == 1  # the same budget for both protocols
+    protocols = ("oneshot", "iterative", "scratch")
+    assert {(e.target_sparsity, e.protocol) for e in ovi} == {(s, p) for s in (0.9, 0.95, 0.98) for p in protocols}
+
+    def final_weights_epochs(e):  # epochs that train the reported weights: after the last reinit (scratch), else all
+        start = max((i for i, p in enumerate(e.phases) if isinstance(p, RewindPhase) and p.to.kind == "reinit"), default=-1)
+        return sum(p.config.epochs for p in e.phases[start + 1 :] if isinstance(p, TrainPhase))
+
+    assert len({final_weights_epochs(e) for e in ovi}) == 1  # the same budget for every protocol
+    assert any(isinstance(p, RewindPhase) and p.to.kind == "reinit" for e in ovi if e.protocol == "scratch" for p in e.phases)
+    han5 = load_experiments(RECIPES / "han2015_lenet5.yaml")
+    assert {e.seed for e in han5} == {0, 1, 2} and all(e.model.name == "lenet5_caffe" for e in han5)
+    layers = {"features.0", "features.3", "classifier.1", "classifier.3"}  # every weight layer of LeNet-5-Caffe
+    assert all(e.pruning is not None and set(e.pruning.overrides) == layers and e.target_sparsity >= 0.917 for e in han5)

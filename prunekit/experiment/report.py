@@ -158,7 +158,8 @@ def _labels(flats: dict[str, dict[str, str]], exps: dict[str, Experiment]) -> di
     """For each method key, the values of what differs between methods.
 
     Phase lists are named by what produced them: the protocol name and the ``rewind`` option when these tell the
-    methods apart, else a summary such as ``train20 prune train10``. Methods without pruning are called ``dense``.
+    methods apart (a method without a protocol name gets its summary instead), else a summary such as
+    ``train20 prune train10``. Methods without pruning are called ``dense``.
     """
 
     def differing(keys: list[str]) -> list[str]:
@@ -176,7 +177,7 @@ def _labels(flats: dict[str, dict[str, str]], exps: dict[str, Experiment]) -> di
         named = [m for m in ("protocol", "rewind") if len({meta[k][m] for k in flats}) > 1]
         distinct = len({(*parts[k], *(meta[k][m] for m in named)) for k in flats}) == len(flats)
         for k in flats:
-            extra = [meta[k][m] for m in named] if named and distinct else [phases_summary(exps[k])]
+            extra = [meta[k][m] or phases_summary(exps[k]) for m in named] if named and distinct else [phases_summary(exps[k])]
             parts[k] = extra + parts[k]
     return {k: ", ".join(p) for k, p in parts.items()}
 

@@ -11,6 +11,9 @@
     DONE              written last; a run with DONE is never run again
     work/             while running: phase checkpoints and progress (removed once DONE is written)
     .lock             flock target: one process per run directory at a time
+
+``<out>/.shared/<key>/`` holds a finished dense prefix (the leading train phases before any pruning: checkpoint/
+and state.json), which runs of a sweep that differ only later (sparsity, protocol) load instead of retraining it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ LOG_FILE = "log.txt"
 DONE_FILE = "DONE"
 WORK_DIR = "work"
 LOCK_FILE = ".lock"
+SHARED_DIR = ".shared"
 
 RunStatus = Literal["done", "partial", "new"]
 

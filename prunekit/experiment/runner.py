@@ -10,12 +10,22 @@ done. Re-running an interrupted run loads the last finished phase and resumes th
 so the result is the one an uninterrupted run gives. ``rewind: step N`` snapshots are saved to ``work/`` when
 step N is reached; ``init`` and ``reinit`` rebuild the model from the seed (``reinit`` uses
 ``seed + REINIT_SEED_OFFSET``).
+
+**Shared dense prefix.** The leading train phases of a run that prunes, before anything prunes, depend only on the
+data, model, seed and those phases, so runs of a sweep over sparsities or protocols repeat them. The first run saves
+them to ``<out>/.shared/<key>/``; later runs in the same ``out`` load them there and continue exactly as a resumed
+run would (same result), with those phase records marked ``"shared": key`` (their ``seconds`` are the original
+run's; the run's own ``seconds`` exclude them). Not reused when the run has callbacks or ``rewind: step N``
+snapshots, which need every step to run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +40,7 @@ from torch.nn.utils import parametrize
 from prunekit import __version__
 from prunekit import masks as M
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.config import to_dict
 from prunekit.data import TensorDataset, load_dataset, num_batches
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.experiment.rundir import (
@@ -38,6 +49,7 @@ from prunekit.experiment.rundir import (
     EXPERIMENT_FILE,
     LOG_FILE,
     METRICS_FILE,
+    SHARED_DIR,
     SPARSITY_FILE,
     WORK_DIR,
     read_json,
@@ -53,7 +65,9 @@ from prunekit.experiment.spec import (
     RewindPhase,
     TrainPhase,
     dump_experiment,
+    experiment_from_dict,
     experiment_hash,
+    experiment_to_dict,
     load_experiment,
     phase_to_dict,
     run_name,
@@ -161,6 +175,7 @@ class _Run:
         self.snapshot_steps = {
             p.to.step for p in exp.phases if isinstance(p, RewindPhase) and p.to.kind == "step" and p.to.step > 0
         }
+        self.share = not self.callbacks and not any(isinstance(p, RewindPhase) and p.to.kind == "step" for p in exp.phases)
 
     def build(self, seed: int) -> nn.Module:
         """The model initialised from ``seed`` (the caller's RNG is left alone)."""
@@ -185,6 +200,48 @@ class _Run:
                 raise CheckpointError(f"{p}: progress of a different experiment")
             return state
         return {"hash": experiment_hash(self.exp), "completed": 0, "steps": 0, "seconds": 0.0, "phases": []}
+
+    # -- shared dense prefix (see the module docstring) ---------------------------------------------------------
+    def dense_prefix(self) -> tuple[int, Path] | None:
+        """``(n, directory)`` of the shared entry for the leading n dense train phases, if the run prunes after them."""
+        n = 0
+        for ph in self.exp.phases:
+            if not isinstance(ph, TrainPhase) or ph.pruning:
+                break
+            n += 1
+        if n == 0 or n == len(self.exp.phases):
+            return None
+        normal = experiment_from_dict(experiment_to_dict(self.exp))  # as experiment_hash: 2 and 2.0 agree
+        content = {
+            "seed": normal.seed,
+            "data": to_dict(normal.data),
+            "model": normal.model.to_spec(),
+            "phases": [phase_to_dict(p) for p in normal.phases[:n]],
+            "version": normal.version,
+        }
+        key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return n, self.run_dir.parent / SHARED_DIR / key
+
+    def load_shared(self, model: nn.Module, n: int, entry: Path) -> dict[str, Any] | None:
+        if not self.share or not (entry / STATE_FILE).exists():
+            return None
+        shared: dict[str, Any] = read_json(entry / STATE_FILE)
+        load_checkpoint(entry / CHECKPOINT_DIR, model)
+        phases = [{**rec, "shared": entry.name} for rec in shared["phases"]]
+        log.info("phases 1-%d: loaded the shared dense prefix %s (trained by %s)", n, entry, shared.get("run", "?"))
+        return {"hash": experiment_hash(self.exp), "completed": n, "steps": shared["steps"], "seconds": 0.0, "phases": phases}
+
+    def save_shared(self, model: nn.Module, state: dict[str, Any], entry: Path) -> None:
+        if entry.exists() or any(p.get("shared") for p in state["phases"]):
+            return
+        tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(tmp / CHECKPOINT_DIR, model, model_spec=self.model_spec)
+        write_json_atomic(tmp / STATE_FILE, {"run": self.run_dir.name, "steps": state["steps"], "phases": state["phases"]})
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # another process saved the same prefix meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def save_phase(self, model: nn.Module, state: dict[str, Any], i: int) -> None:
         save_checkpoint(self.work / f"done-{i}", model, model_spec=self.model_spec, overwrite=True)
@@ -265,9 +322,13 @@ class _Run:
         state = self.load_state()
         k = int(state["completed"])
         model = self.build(exp.seed)
+        prefix = self.dense_prefix()
         if k > 0:
             load_checkpoint(self.work / f"done-{k - 1}", model)
             log.info("resuming after phase %d of %d", k - 1, len(exp.phases))
+        elif prefix is not None:
+            state = self.load_shared(model, *prefix) or state
+            k = int(state["completed"])
         self.work.mkdir(parents=True, exist_ok=True)
         for i in range(k, len(exp.phases)):
             ph = exp.phases[i]
@@ -286,6 +347,8 @@ class _Run:
             state["seconds"] = float(state["seconds"]) + time.perf_counter() - t0
             t0 = time.perf_counter()
             self.save_phase(model, state, i)
+            if prefix is not None and i + 1 == prefix[0]:
+                self.save_shared(model, state, prefix[1])
         return self.finish(model, state, time.perf_counter() - t0)
 
     def finish(self, model: nn.Module, state: dict[str, Any], extra_seconds: float) -> dict[str, Any]:
