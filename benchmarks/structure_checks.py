@@ -1,0 +1,242 @@
+"""prunekit's side of the structure benchmarks: slim a model, check the slim model, find ratios by bisection.
+
+* :func:`prune` -- ``build_groups`` + ``structured_plan`` (magnitude, L2, uniform ratio) + ``apply_plan_`` (which
+  also sets attention modules' head-count attributes), timed.
+* :func:`group_summary` -- prunable / all groups and the reasons frozen groups give, with locations stripped.
+* :func:`exactness` -- the structured mask applied (every removed unit's producer and per-channel follower slices
+  zeroed: weights and biases of Linear/Conv/Embedding rows, BatchNorm/GroupNorm/depthwise-conv channels) vs the
+  slim model, on the groups without LayerNorm/RMSNorm (removing units there changes the normalisation statistics,
+  so it is never function-preserving).
+* :func:`save_load` -- ``persist.save_slim`` -> ``persist.load_slim`` -> same outputs.
+* :func:`ratio_for_mac_reduction` -- the uniform ratio whose plan reduces MACs by a target factor.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from structure_models import output_tensor
+from structure_tp import solve_increasing
+from torch import Tensor, nn
+
+from prunekit.recipe import DEFAULT_TYPES
+from prunekit.scoring.magnitude import Magnitude
+from prunekit.structure import Group, build_groups
+from prunekit.structure.compare import batched, count_macs
+from prunekit.structure.from_masks import plan_for_groups
+from prunekit.structure.handlers import LastDimNormHandler, handler_for, handler_for_or_none
+from prunekit.structure.importance import StructuredConfig, select_kept, structured_plan
+from prunekit.structure.persist import load_slim, save_slim
+from prunekit.structure.plan import PrunePlan, apply_plan_
+
+# Every prunable group, as Torch-Pruning prunes them: prunekit's default types leave a residual stream that an
+# Embedding produces whole; listing Embedding lets it go too.
+TYPES = (*DEFAULT_TYPES, "Conv1D", "Embedding")
+
+
+def config(ratio: float) -> StructuredConfig:
+    return StructuredConfig(ratio=ratio, scorer=Magnitude(p=2), types=TYPES)
+
+
+@dataclass
+class Slim:
+    model: nn.Module
+    plan: PrunePlan
+    seconds: float
+
+
+def prune(model: nn.Module, example: Any, ratio: float, groups: Sequence[Group] | None = None) -> Slim:
+    """Slim a copy of ``model`` (the copy is made before the clock starts); ``groups`` skips the analysis."""
+    work = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    gs = list(groups) if groups is not None else build_groups(model, example)
+    plan = structured_plan(model, example, config(ratio), groups=gs)
+    apply_plan_(work, plan)
+    return Slim(work.eval(), plan, time.perf_counter() - t0)
+
+
+# -- groups ------------------------------------------------------------------------------------------------------
+
+_LOCATION = re.compile(r"^.*?\)\s*(\([a-z_]+\)\s*)?:?\s*")
+
+
+def reason_kind(reason: str) -> str:
+    """A frozen group's reason without its location (node names and module paths), for counting."""
+    if "shares a weight" in reason:
+        return "tied weights (embedding = output head)"
+    if reason.startswith("model input"):
+        return "model input"
+    if reason == "model output":
+        return "model output"
+    m = re.search(r"call_function (\w+) has no structure rule", reason)
+    if m:
+        return f"no rule for {m.group(1)}"
+    m = re.search(r"\((\w+)\) with a tensor that varies along the channel dim", reason)
+    if m:
+        return f"{m.group(1)} with a tensor of unknown channels that varies along them"
+    m = re.search(r"\(([a-z_]+)\): (.*)$", reason)
+    if m:  # "<node> in <module> (<Class>) (<op>): <what>"
+        return f"{m.group(1)}: {m.group(2)}"
+    m = re.search(r"^(\w+?)(_\d+)?: (\w+): (.*)$", reason)
+    if m:  # "<node>: <function>: <what>"
+        return f"{m.group(3)}: {m.group(4)}"
+    if ": " in reason:
+        reason = reason.rsplit(": ", 1)[1]
+    return _LOCATION.sub("", reason) if reason.count(")") else reason
+
+
+def group_summary(groups: Sequence[Group], model: nn.Module) -> dict[str, Any]:
+    """Counts of groups, the prunable ones, those the benchmark's config selects, and frozen reasons."""
+    mods = dict(model.named_modules())
+    cfg = config(0.5)
+    kinds: Counter[str] = Counter()
+    for g in groups:
+        if g.prunable:
+            continue
+        for k in dict.fromkeys(reason_kind(r) for r in g.reasons) if g.reasons else ("no producer (input)",):
+            kinds[k] += 1
+    return {
+        "groups": len(groups),
+        "prunable": sum(g.prunable for g in groups),
+        "selected": sum(cfg.selects(mods, g) for g in groups),
+        "units": sum(g.size for g in groups),
+        "prunable_units": sum(g.size for g in groups if g.prunable),
+        "frozen_reasons": dict(kinds.most_common()),
+    }
+
+
+# -- exactness ---------------------------------------------------------------------------------------------------
+
+
+def _has_layer_norm(g: Group, mods: dict[str, nn.Module]) -> bool:
+    return any(isinstance(handler_for_or_none(mods[m.fqn]), LastDimNormHandler) for m in g.members)
+
+
+@torch.no_grad()
+def _zero_removed(model: nn.Module, groups: Sequence[Group], kept: dict[int, Tensor]) -> nn.Module:
+    """A copy of ``model`` with the structured mask applied: removed units' output slices zeroed."""
+    ref = copy.deepcopy(model)
+    mods = dict(ref.named_modules())
+    for i, k in kept.items():
+        g = groups[i]
+        dead = torch.ones(g.size, dtype=torch.bool)
+        dead[k] = False
+        gone = dead.nonzero().flatten()
+        for m in g.members:
+            if m.role == "consumer":
+                continue
+            mod = mods[m.fqn]
+            idx = m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()
+            d = handler_for(mod, m.fqn).unit_dim(mod)
+            w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
+            if isinstance(w, Tensor):
+                w.index_fill_(0 if d is None or w.dim() == 1 else d, idx, 0.0)
+            if isinstance(b, Tensor):
+                b.index_fill_(0, idx, 0.0)
+    return ref
+
+
+def _max_diff(a: nn.Module, b: nn.Module, example: Any) -> tuple[float, float]:
+    """(max |out_a - out_b|, max |out_a|) on ``example``."""
+    with torch.no_grad():
+        call: Callable[[nn.Module], Tensor] = lambda m: output_tensor(m(**example) if isinstance(example, dict) else m(example))  # noqa: E731
+        oa, ob = call(a.eval()), call(b.eval())
+    if oa.shape != ob.shape:
+        raise RuntimeError(f"output shapes differ: {tuple(oa.shape)} vs {tuple(ob.shape)}")
+    return float((oa - ob).abs().max()), float(oa.abs().max())
+
+
+def exactness(model: nn.Module, example: Any, groups: Sequence[Group], ratio: float = 0.5) -> dict[str, Any]:
+    """Masked reference vs slim model on the groups without LayerNorm/RMSNorm, with the benchmark's selection."""
+    mods = dict(model.named_modules())
+    kept = select_kept(model, groups, config(ratio))
+    chosen = {i: k for i, k in kept.items() if not _has_layer_norm(groups[i], mods)}
+    out: dict[str, Any] = {"groups": len(chosen), "skipped_norm_groups": len(kept) - len(chosen)}
+    if not chosen:
+        return out
+    try:
+        ref = _zero_removed(model, groups, chosen)
+        slim = apply_plan_(copy.deepcopy(model), plan_for_groups(model, list(groups), chosen))
+        out["max_abs_diff"], out["max_abs_out"] = _max_diff(ref, slim, example)
+    except Exception as e:  # a failure here is a finding to report, not a reason to stop the benchmark
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:250] if str(e) else ''}"
+    return out
+
+
+# -- persistence -------------------------------------------------------------------------------------------------
+
+
+def save_load(slim: Slim, example: Any, model_spec: dict[str, Any] | None) -> dict[str, Any]:
+    """save_slim -> load_slim -> max |difference| of outputs."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pk-structure-") as d:
+        path = Path(d) / "slim"
+        try:
+            save_slim(path, slim.model, slim.plan, model_spec=model_spec)
+            out["bytes"] = sum(f.stat().st_size for f in path.iterdir())
+            loaded = load_slim(path)
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:250] if str(e) else ''}"
+            return out
+        try:
+            out["max_abs_diff"] = _max_diff(slim.model, loaded, example)[0]
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:250] if str(e) else ''}"
+    return out
+
+
+# -- MAC-reduction bisection -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RatioSearch:
+    ratio: float
+    reduction: float  # dense MACs / slim MACs actually reached
+    tries: int
+    reachable: bool
+
+
+def macs(model: nn.Module, example: Any) -> int:
+    """``compare.count_macs`` with PyTorch's fused Transformer fast path off: under ``no_grad`` an eval-mode
+    ``nn.TransformerEncoderLayer`` runs one native kernel that ``torch.utils.flop_counter`` does not count."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return count_macs(model, example)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+def ratio_for_mac_reduction(
+    model: nn.Module,
+    example: Any,
+    groups: Sequence[Group],
+    target: float,
+    dense_macs: int,
+    tol: float = 0.02,
+    max_ratio: float = 0.95,
+    max_iters: int = 12,
+) -> RatioSearch:
+    """The uniform ratio whose plan gives ``dense_macs / macs`` within ``tol`` of ``target`` (regula falsi on the
+    ratio, :func:`structure_tp.solve_increasing`). MACs are a step function of the ratio, so the closest value seen
+    is returned when no ratio lands inside (the smallest such ratio on ties)."""
+    one = batched(example, 1)
+
+    def g(r: float) -> float:
+        plan = structured_plan(model, example, config(r), groups=groups)
+        slim = apply_plan_(copy.deepcopy(model), plan)
+        return dense_macs / macs(slim, one) / target - 1.0
+
+    start = min(max_ratio, 1.0 - target**-0.5)  # exact when every group shrinks and MACs are quadratic in widths
+    seen = solve_increasing(g, 0.0, max_ratio, 1.0 / target - 1.0, start, tol, max_iters)
+    r, v = min(seen, key=lambda p: (abs(p[1]), p[0]))
+    return RatioSearch(r, (v + 1.0) * target, len(seen), max(p[1] for p in seen) >= -tol)
