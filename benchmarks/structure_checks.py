@@ -1,4 +1,4 @@
-"""prunekit's side of the structure benchmarks: slim a model, check the slim model, find ratios by bisection.
+"""prunekit's side of the structure benchmarks: slim a model, check the slim model, find ratios by root finding.
 
 * :func:`prune` -- ``build_groups`` + ``structured_plan`` (magnitude, L2, uniform ratio) + ``apply_plan_`` (which
   also sets attention modules' head-count attributes), timed.
@@ -194,7 +194,7 @@ def save_load(slim: Slim, example: Any, model_spec: dict[str, Any] | None) -> di
     return out
 
 
-# -- MAC-reduction bisection -------------------------------------------------------------------------------------
+# -- MAC-reduction search ----------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -8,13 +8,14 @@ attention) and Mixtral-tiny (mixture of experts); see ``structure_models.py``.
    parameter / MAC / latency ratios, time to prune; for prunekit also the groups found, why the others are frozen,
    exactness (structured mask vs slim model on the groups without LayerNorm/RMSNorm) and save -> load. Torch-Pruning
    runs in a subprocess with a timeout (``structure_tp.py``).
-2. **Speed** at 1.5x, 2x and 4x MAC reduction: prunekit's uniform ratio by bisection on the plan's MACs,
-   Torch-Pruning's ratio by bisection to the same parameter count (within 2 %); dense, prunekit and Torch-Pruning
+2. **Speed** at 1.5x, 2x and 4x MAC reduction: prunekit's uniform ratio searched on the plan's MACs,
+   Torch-Pruning's ratio searched to the same parameter count (within 2 %); dense, prunekit and Torch-Pruning
    timed interleaved in one process (``prunekit.structure.compare.measure_latency``) at batch 1 and 32.
 
     python benchmarks/structure_coverage.py                          # everything (~40 min on 2 cores)
     python benchmarks/structure_coverage.py --models hf_gpt2 hf_llama_gqa   # re-run some models (merged by name)
     python benchmarks/structure_coverage.py --quick                  # tiny configs, 2 repeats; prints, records nothing
+    python benchmarks/structure_coverage.py --render                 # regenerate the markdown from the JSON
 
 Results: ``benchmarks/results/structure_coverage.json`` (one entry per model, merged across invocations) and
 ``structure_coverage.md`` (regenerated from the whole JSON).
@@ -227,11 +228,16 @@ def main() -> None:
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS), help="MAC reductions of the speed table")
     ap.add_argument("--tp-timeout", type=float, default=180.0, help="seconds for one Torch-Pruning attempt")
     ap.add_argument("--tp-match-timeout", type=float, default=900.0, help="seconds for Torch-Pruning's parameter matching")
-    ap.add_argument("--tp-iters", type=int, default=8, help="Torch-Pruning prunes per parameter match (bisection)")
+    ap.add_argument("--tp-iters", type=int, default=8, help="Torch-Pruning prunes per parameter match (search)")
     ap.add_argument("--skip-tp", action="store_true", help="prunekit only")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true", help="only regenerate the markdown from the stored JSON")
     args = ap.parse_args()
+    if args.render:
+        R.write(json.loads(R.JSON_PATH.read_text()))
+        print(f"wrote {R.MD_PATH}")
+        return
     if args.quick:
         args.repeats, args.min_time = min(args.repeats, 2), min(args.min_time, 0.01)
     if args.threads:
