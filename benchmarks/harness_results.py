@@ -10,7 +10,7 @@
 Runs are matched to their recipe by experiment hash (``prunekit.experiment.load_experiments``), so only the runs a
 recipe describes are counted; unfinished benchmarks are reported as partial. Run from the repository root::
 
-    python benchmarks/harness_results.py /work/runs
+    python benchmarks/harness_results.py RUNS_ROOT   (the --out root of the prunekit run commands)
 
 The runs come from the commands listed in ``results/harness.md`` (``RUNS/<benchmark>`` for each recipe). Writes
 ``results/harness.json``, ``results/harness.md`` and the accuracy-vs-sparsity plots ``results/harness_*.png``
@@ -496,7 +496,7 @@ def render(data: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", type=Path, help="runs root holding <benchmark>/ run directories (e.g. /work/runs)")
+    ap.add_argument("runs", type=Path, help="runs root holding <benchmark>/ run directories (the --out root of prunekit run)")
     args = ap.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     data = build(args.runs.resolve())
