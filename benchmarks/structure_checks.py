@@ -205,15 +205,7 @@ class RatioSearch:
     reachable: bool
 
 
-def macs(model: nn.Module, example: Any) -> int:
-    """``compare.count_macs`` with PyTorch's fused Transformer fast path off: under ``no_grad`` an eval-mode
-    ``nn.TransformerEncoderLayer`` runs one native kernel that ``torch.utils.flop_counter`` does not count."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        return count_macs(model, example)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
+macs = count_macs  # counts nn.TransformerEncoder's fused fast path too (it is switched off while counting)
 
 
 def ratio_for_mac_reduction(

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit import masks as M
 
@@ -78,6 +78,15 @@ class SparsityReport:
         return "\n".join(lines)
 
 
+def _cpu_sdpa_flops(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (what ``F.scaled_dot_product_attention`` runs on
+    CPU), which ``FlopCounterMode`` has no formula for: ``2*B*H*L*S*(E + Ev)`` as for its CUDA kernels."""
+    return int(sdpa_flop_count(q, k, v))
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 def count_flops(model: nn.Module, example: Any) -> tuple[int, int, dict[str, tuple[int, int]]]:
     """(dense FLOPs, effective FLOPs, {masked tensor key: (dense, effective)}) for one forward on ``example``."""
     per: dict[str, list[int]] = {}
@@ -85,7 +94,7 @@ def count_flops(model: nn.Module, example: Any) -> tuple[int, int, dict[str, tup
     for mp in M.masked_params(model):
         owners.setdefault(id(mp.module), []).append(mp)
     handles = []
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
     start: dict[int, int] = {}
 
     def pre(mod: nn.Module, args: Any) -> None:
@@ -107,6 +116,10 @@ def count_flops(model: nn.Module, example: Any) -> tuple[int, int, dict[str, tup
         handles.append(mods[mid].register_forward_pre_hook(pre))
         handles.append(mods[mid].register_forward_hook(post))
     was_training = model.training
+    was_fastpath = torch.backends.mha.get_fastpath_enabled()
+    # Under no_grad an eval-mode nn.TransformerEncoderLayer / nn.MultiheadAttention runs one fused native kernel
+    # that FlopCounterMode cannot see (its FLOPs would count as zero); the unfused path computes the same result.
+    torch.backends.mha.set_fastpath_enabled(False)
     _set_training(model, False)
     try:
         with torch.no_grad(), counter:
@@ -117,6 +130,7 @@ def count_flops(model: nn.Module, example: Any) -> tuple[int, int, dict[str, tup
             else:
                 model(example)
     finally:
+        torch.backends.mha.set_fastpath_enabled(was_fastpath)
         for h in handles:
             h.remove()
         _set_training(model, was_training)

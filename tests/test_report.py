@@ -27,3 +27,15 @@ def test_report_of_unmasked_model_counts_zeros():
         m.weight[:2] = 0
     rep = sparsity_report(m)
     assert rep.sparsity == 0.5 and rep.masked_params == 0 and rep.dense_flops is None
+
+
+def test_flops_of_transformer_encoder_fast_path_are_counted():
+    # eval + no_grad would run PyTorch's fused encoder kernel, invisible to FlopCounterMode
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True, dropout=0.0)
+    enc = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    x = torch.randn(1, 5, 8)
+    dense, _, _ = count_flops(enc, x)
+    # per layer: q, k, v, out projections 4 * 5*8*8, scores and weighted sum 2 * 5*5*8, FFN 2 * 5*8*16 (MACs)
+    macs_per_layer = 4 * 5 * 8 * 8 + 2 * 5 * 5 * 8 + 2 * 5 * 8 * 16
+    assert dense == 2 * 2 * macs_per_layer
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

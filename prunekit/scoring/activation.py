@@ -100,9 +100,40 @@ def _unit_score(target: Target, stats: Mapping[str, Any]) -> Tensor:
     return spread_units(unit.float(), w.shape, 0)
 
 
+class _UnitActivationScorer(AbstractScorer):
+    """Shared part of the per-unit activation criteria: the ``nonlinearity`` check, scores spread over each unit's
+    weights, and (for criteria computed from :class:`UnitMoments`) collection through :func:`unit_moments`.
+
+    Subclasses are frozen dataclasses declaring the fields ``nonlinearity`` and ``observe``; moment-based ones
+    implement :meth:`unit_values`, others override :meth:`collect`.
+    """
+
+    requires: ClassVar[frozenset[Requirement]] = _REQ
+    nonlinearity: Nonlinearity
+    observe: dict[str, str]
+
+    def __post_init__(self) -> None:
+        _check_common(self.nonlinearity)
+
+    @property
+    def moment_threshold(self) -> float:
+        """``|a| <= threshold`` counts as near zero in :attr:`UnitMoments.near_zero`."""
+        return 0.0
+
+    def unit_values(self, m: UnitMoments) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement unit_values or collect")
+
+    def collect(self, ctx: ScoreContext, targets: Sequence[Target]) -> Mapping[str, Any]:
+        m = unit_moments(ctx, targets, self.observe, self.nonlinearity, self.moment_threshold)
+        return {"units": {k: self.unit_values(v) for k, v in m.items()}}
+
+    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
+        return _unit_score(target, stats)
+
+
 @SCORERS.register("apoz")
 @dataclass(frozen=True)
-class APoZ(AbstractScorer):
+class APoZ(_UnitActivationScorer):
     """Average Percentage of Zeros (Hu et al. 2016): units whose ReLU output is mostly zero go first.
 
     ``APoZ_k = #{(n, m) : relu(a)_{n,m,k} = 0} / (N M)`` over samples ``n`` and positions ``m``; the score is
@@ -112,24 +143,16 @@ class APoZ(AbstractScorer):
     Architectures", arXiv:1607.03250.
     """
 
-    requires: ClassVar[frozenset[Requirement]] = _REQ
     nonlinearity: Nonlinearity = "relu"
     observe: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        _check_common(self.nonlinearity)
-
-    def collect(self, ctx: ScoreContext, targets: Sequence[Target]) -> Mapping[str, Any]:
-        m = unit_moments(ctx, targets, self.observe, self.nonlinearity)
-        return {"units": {k: 1.0 - v.zeros / max(1, v.count) for k, v in m.items()}}
-
-    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        return _unit_score(target, stats)
+    def unit_values(self, m: UnitMoments) -> Tensor:
+        return 1.0 - m.zeros / max(1, m.count)
 
 
 @SCORERS.register("near_zero")
 @dataclass(frozen=True)
-class NearZero(AbstractScorer):
+class NearZero(_UnitActivationScorer):
     """Fraction of near-zero outputs: ``1 - #{|a| <= threshold} / (N M)`` per unit (APoZ with a tolerance).
 
     Generalises APoZ to activations that are small rather than exactly zero (GELU, SiLU, or a pre-activation
@@ -138,27 +161,26 @@ class NearZero(AbstractScorer):
     Hu et al. 2016 (APoZ, arXiv:1607.03250), with an absolute tolerance ``threshold``.
     """
 
-    requires: ClassVar[frozenset[Requirement]] = _REQ
     threshold: float = 1e-3
     nonlinearity: Nonlinearity = "relu"
     observe: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_common(self.nonlinearity)
+        super().__post_init__()
         if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ConfigError("scorer.threshold", self.threshold, "must be >= 0")
 
-    def collect(self, ctx: ScoreContext, targets: Sequence[Target]) -> Mapping[str, Any]:
-        m = unit_moments(ctx, targets, self.observe, self.nonlinearity, self.threshold)
-        return {"units": {k: 1.0 - v.near_zero / max(1, v.count) for k, v in m.items()}}
+    @property
+    def moment_threshold(self) -> float:
+        return float(self.threshold)
 
-    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        return _unit_score(target, stats)
+    def unit_values(self, m: UnitMoments) -> Tensor:
+        return 1.0 - m.near_zero / max(1, m.count)
 
 
 @SCORERS.register("activation_mean")
 @dataclass(frozen=True)
-class ActivationMean(AbstractScorer):
+class ActivationMean(_UnitActivationScorer):
     """Mean activation magnitude per unit: ``mean_{n,m} |a_{n,m,k}|`` (the mean of the ReLU output by default).
 
     The "mean activation" baseline of Molchanov et al. 2017: a unit that rarely or weakly fires contributes little
@@ -168,24 +190,16 @@ class ActivationMean(AbstractScorer):
     Inference", ICLR (criterion "mean activation").
     """
 
-    requires: ClassVar[frozenset[Requirement]] = _REQ
     nonlinearity: Nonlinearity = "relu"
     observe: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        _check_common(self.nonlinearity)
-
-    def collect(self, ctx: ScoreContext, targets: Sequence[Target]) -> Mapping[str, Any]:
-        m = unit_moments(ctx, targets, self.observe, self.nonlinearity)
-        return {"units": {k: v.abs_sum / max(1, v.count) for k, v in m.items()}}
-
-    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        return _unit_score(target, stats)
+    def unit_values(self, m: UnitMoments) -> Tensor:
+        return m.abs_sum / max(1, m.count)
 
 
 @SCORERS.register("activation_variance")
 @dataclass(frozen=True)
-class ActivationVariance(AbstractScorer):
+class ActivationVariance(_UnitActivationScorer):
     """Variance of each unit's activation over samples and positions: ``Var_{n,m}(a_{n,m,k})``.
 
     A unit whose output barely varies carries little information; a constant output can be folded into the next
@@ -196,19 +210,11 @@ class ActivationVariance(AbstractScorer):
     Inference", ICLR.
     """
 
-    requires: ClassVar[frozenset[Requirement]] = _REQ
     nonlinearity: Nonlinearity = "relu"
     observe: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        _check_common(self.nonlinearity)
-
-    def collect(self, ctx: ScoreContext, targets: Sequence[Target]) -> Mapping[str, Any]:
-        m = unit_moments(ctx, targets, self.observe, self.nonlinearity)
-        return {"units": {k: v.variance for k, v in m.items()}}
-
-    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        return _unit_score(target, stats)
+    def unit_values(self, m: UnitMoments) -> Tensor:
+        return m.variance
 
 
 def histogram_entropy(values: Tensor, bins: int) -> Tensor:
@@ -226,7 +232,7 @@ def histogram_entropy(values: Tensor, bins: int) -> Tensor:
 
 @SCORERS.register("activation_entropy")
 @dataclass(frozen=True)
-class ActivationEntropy(AbstractScorer):
+class ActivationEntropy(_UnitActivationScorer):
     """Entropy of each unit's pooled activation distribution (Luo & Wu 2017): low entropy = little information.
 
     Per sample, the unit's activation is averaged over positions (global average pooling); the values over the
@@ -237,13 +243,12 @@ class ActivationEntropy(AbstractScorer):
     Luo, Wu 2017, "An Entropy-based Pruning Method for CNN Compression", arXiv:1706.05791.
     """
 
-    requires: ClassVar[frozenset[Requirement]] = _REQ
     bins: int = 32
     nonlinearity: Nonlinearity = "relu"
     observe: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_common(self.nonlinearity)
+        super().__post_init__()
         if not (isinstance(self.bins, int) and self.bins >= 2):
             raise ConfigError("scorer.bins", self.bins, "must be an integer >= 2")
 
@@ -258,6 +263,3 @@ class ActivationEntropy(AbstractScorer):
         observe_outputs(ctx, sites, add)
         warn_unobserved(targets, pooled, "activation")
         return {"units": {k: histogram_entropy(torch.cat(v), self.bins) for k, v in pooled.items()}, "max": math.log(self.bins)}
-
-    def score(self, target: Target, stats: Mapping[str, Any], ctx: ScoreContext) -> Tensor:
-        return _unit_score(target, stats)
