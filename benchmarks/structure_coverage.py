@@ -16,9 +16,10 @@ attention) and Mixtral-tiny (mixture of experts); see ``structure_models.py``.
     python benchmarks/structure_coverage.py --models hf_gpt2 hf_llama_gqa   # re-run some models (merged by name)
     python benchmarks/structure_coverage.py --quick                  # tiny configs, 2 repeats; prints, records nothing
     python benchmarks/structure_coverage.py --render                 # regenerate the markdown from the JSON
+    python benchmarks/structure_coverage.py --models resnet20 --out /tmp/cov   # results elsewhere (smoke runs)
 
 Results: ``benchmarks/results/structure_coverage.json`` (one entry per model, merged across invocations) and
-``structure_coverage.md`` (regenerated from the whole JSON).
+``structure_coverage.md`` (regenerated from the whole JSON); ``--out DIR`` puts both in ``DIR`` instead.
 """
 
 from __future__ import annotations
@@ -77,9 +78,19 @@ def latency(models: dict[str, nn.Module], inputs: Any, repeats: int, min_time: f
 
 
 def tp_job(
-    bm: SM.BenchModel, model: nn.Module, example: Any, recipe: str, out_shape: list[int], tasks: list[dict[str, Any]]
+    bm: SM.BenchModel,
+    model: nn.Module,
+    example: Any,
+    recipe: str,
+    out_shape: list[int],
+    tasks: list[dict[str, Any]],
+    args: argparse.Namespace,
 ) -> TP.Job:
+    """A Torch-Pruning job; the worker rebuilds ``model`` and ``example`` from ``model``/``quick``/``seed``."""
     return {
+        "model": bm.name,
+        "quick": bool(args.quick),
+        "seed": int(args.seed),
         "recipe": recipe,
         "hf": isinstance(example, dict),
         "attention": SM.attention_modules(model),
@@ -88,6 +99,17 @@ def tp_job(
         "threads": torch.get_num_threads(),
         "tasks": tasks,
     }
+
+
+def load_tp(r: dict[str, Any]) -> nn.Module | None:
+    """The pruned model of a successful Torch-Pruning task (``structure_tp.load_pruned``), or None after turning the
+    entry into a failure when it cannot be rebuilt or its output differs from the worker's."""
+    try:
+        m, r["transport_max_abs_diff"] = TP.load_pruned(r)
+    except Exception as e:
+        r.update(ok=False, error=f"transport from the worker failed: {_err(e)}")
+        return None
+    return m
 
 
 def tp_recipes(bm: SM.BenchModel) -> list[str]:
@@ -131,13 +153,13 @@ def run_model(bm: SM.BenchModel, args: argparse.Namespace, scratch: Path) -> dic
     tp_models: dict[str, nn.Module] = {}
     rec["tp"] = {}
     for recipe in [] if args.skip_tp else tp_recipes(bm):
-        job = tp_job(bm, model, ex1, recipe, out_shape, [{"tag": f"cov_{recipe}", "ratio": RATIO}])
+        job = tp_job(bm, model, ex1, recipe, out_shape, [{"tag": f"cov_{recipe}", "ratio": RATIO}], args)
         res, err = TP.run_job(model, ex1, job, scratch / bm.name, args.tp_timeout)
-        r = res[0] if res else {"ok": False}
+        r: dict[str, Any] = res[0] if res else {"ok": False}
         if err and not res:
             r["error"] = err
-        if r.get("ok"):
-            m = TP.load_pruned(r)
+        m = load_tp(r) if r.get("ok") else None
+        if m is not None:
             r["macs"] = K.macs(m, one)
             tp_models[f"tp_{recipe}"] = m
         r.pop("file", None)
@@ -196,7 +218,7 @@ def speed(
             for lv in levels
             if "params" in lv
         ]
-        job = tp_job(bm, model, ex1, tp_recipe, out_shape, tasks) | {"tolerance": 0.02, "max_iters": args.tp_iters}
+        job = tp_job(bm, model, ex1, tp_recipe, out_shape, tasks, args) | {"tolerance": 0.02, "max_iters": args.tp_iters}
         res, err = TP.run_job(model, ex1, job, scratch / bm.name, args.tp_match_timeout)
         for lv in levels:
             r = next((x for x in res if x["tag"] == f"speed_{lv['target']}"), None)
@@ -208,9 +230,9 @@ def speed(
         lv["pk_macs"] = K.macs(pk_models[lv["target"]], one)
         r = tp_by_target.get(lv["target"])
         if r is not None:
+            m = load_tp(r) if r.get("ok") else None
             lv["tp"] = {k: v for k, v in r.items() if k != "file"} | {"recipe": tp_recipe}
-            if r.get("ok"):
-                m = TP.load_pruned(r)
+            if m is not None:
                 lv["tp"]["macs"] = K.macs(m, one)
                 timed["tp"] = m
         lv["latency"] = {str(b): latency(timed, ex, args.repeats, args.min_time) for b, ex in timing.items()}
@@ -233,7 +255,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render", action="store_true", help="only regenerate the markdown from the stored JSON")
+    ap.add_argument("--out", type=Path, default=R.JSON_PATH.parent, metavar="DIR",
+                    help=f"directory of {R.JSON_PATH.name} and {R.MD_PATH.name} (default: benchmarks/results)")  # fmt: skip
     args = ap.parse_args()
+    if args.out.resolve() != R.JSON_PATH.parent.resolve():  # structure_render reads and writes its module paths
+        R.JSON_PATH, R.MD_PATH = args.out / R.JSON_PATH.name, args.out / R.MD_PATH.name
+        if not (args.quick or args.render):
+            args.out.mkdir(parents=True, exist_ok=True)
     if args.render:
         R.write(json.loads(R.JSON_PATH.read_text()))
         print(f"wrote {R.MD_PATH}")
