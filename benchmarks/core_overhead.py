@@ -224,8 +224,7 @@ def main() -> None:
         res = run_config(name, batch, rounds, target, args.warmup, args.seed)
         run["configs"][key] = res
         line = ", ".join(
-            f"{v} {res['variants'][v]['step_us']['median']:.0f}us x{res['variants'][v]['ratio']['median']:.3f}"
-            for v in VARIANTS
+            f"{v} {res['variants'][v]['step_us']['median']:.0f}us x{res['variants'][v]['ratio']['median']:.3f}" for v in VARIANTS
         )
         print(f"{key} ({res['steps_per_round']} steps/sample, {time.perf_counter() - t0:.0f}s): {line}", flush=True)
     if args.quick:

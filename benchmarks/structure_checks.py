@@ -33,14 +33,15 @@ from prunekit.scoring.magnitude import Magnitude
 from prunekit.structure import Group, build_groups
 from prunekit.structure.compare import batched, count_macs
 from prunekit.structure.from_masks import plan_for_groups
-from prunekit.structure.handlers import LastDimNormHandler, handler_for, handler_for_or_none
+from prunekit.structure.handlers import LastDimNormHandler, handler_for_or_none
 from prunekit.structure.importance import StructuredConfig, select_kept, structured_plan
 from prunekit.structure.persist import load_slim, save_slim
 from prunekit.structure.plan import PrunePlan, apply_plan_
+from prunekit.testing.structure import zero_removed_units
 
 # Every prunable group, as Torch-Pruning prunes them: prunekit's default types leave a residual stream that an
 # Embedding produces whole; listing Embedding lets it go too.
-TYPES = (*DEFAULT_TYPES, "Conv1D", "Embedding")
+TYPES = (*DEFAULT_TYPES, "Conv1D", "*Embedding")  # also OPT's learned positional embedding class
 
 
 def config(ratio: float) -> StructuredConfig:
@@ -121,30 +122,6 @@ def _has_layer_norm(g: Group, mods: dict[str, nn.Module]) -> bool:
     return any(isinstance(handler_for_or_none(mods[m.fqn]), LastDimNormHandler) for m in g.members)
 
 
-@torch.no_grad()
-def _zero_removed(model: nn.Module, groups: Sequence[Group], kept: dict[int, Tensor]) -> nn.Module:
-    """A copy of ``model`` with the structured mask applied: removed units' output slices zeroed."""
-    ref = copy.deepcopy(model)
-    mods = dict(ref.named_modules())
-    for i, k in kept.items():
-        g = groups[i]
-        dead = torch.ones(g.size, dtype=torch.bool)
-        dead[k] = False
-        gone = dead.nonzero().flatten()
-        for m in g.members:
-            if m.role == "consumer":
-                continue
-            mod = mods[m.fqn]
-            idx = m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()
-            d = handler_for(mod, m.fqn).unit_dim(mod)
-            w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
-            if isinstance(w, Tensor):
-                w.index_fill_(0 if d is None or w.dim() == 1 else d, idx, 0.0)
-            if isinstance(b, Tensor):
-                b.index_fill_(0, idx, 0.0)
-    return ref
-
-
 def _max_diff(a: nn.Module, b: nn.Module, example: Any) -> tuple[float, float]:
     """(max |out_a - out_b|, max |out_a|) on ``example``."""
     with torch.no_grad():
@@ -164,7 +141,7 @@ def exactness(model: nn.Module, example: Any, groups: Sequence[Group], ratio: fl
     if not chosen:
         return out
     try:
-        ref = _zero_removed(model, groups, chosen)
+        ref = zero_removed_units(model, groups, chosen)
         slim = apply_plan_(copy.deepcopy(model), plan_for_groups(model, list(groups), chosen))
         out["max_abs_diff"], out["max_abs_out"] = _max_diff(ref, slim, example)
     except Exception as e:  # a failure here is a finding to report, not a reason to stop the benchmark

@@ -25,6 +25,7 @@ Results: ``benchmarks/results/structure_coverage.json`` (one entry per model, me
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -46,6 +47,7 @@ import structure_render as R
 import structure_tp as TP
 
 from prunekit.structure import build_groups
+from prunekit.structure.attention import attention_modules, split_attention_
 from prunekit.structure.compare import batched, count_params, measure_latency
 
 LEVELS = (1.5, 2.0, 4.0)
@@ -130,18 +132,25 @@ def run_model(bm: SM.BenchModel, args: argparse.Namespace, scratch: Path) -> dic
     rec.update(params=count_params(model), macs=dense_macs)
 
     # -- 1. coverage: prunekit ---------------------------------------------------------------------------------
+    # nn.MultiheadAttention computes all heads in one fused call: prunekit analyses and prunes an equivalent copy
+    # with separate q/k/v/out projections (the plan records the split; a replay on the original splits it too);
+    # the dense baseline stays the original model.
+    analysed = model
+    if attention_modules(model):
+        analysed = copy.deepcopy(model)
+        split_attention_(analysed)
     pk: dict[str, Any] = {}
     slim: K.Slim | None = None
     groups = None
     try:
         t0 = time.perf_counter()
-        groups = build_groups(model, ex1)
+        groups = build_groups(analysed, ex1)
         pk["analysis_s"] = time.perf_counter() - t0
-        pk["groups"] = K.group_summary(groups, model)
-        slim = K.prune(model, ex1, RATIO)  # timed end to end: analysis, scores, plan, surgery
+        pk["groups"] = K.group_summary(groups, analysed)
+        slim = K.prune(analysed, ex1, RATIO)  # timed end to end: analysis, scores, plan, surgery
         pk.update(ok=True, prune_s=slim.seconds, params=count_params(slim.model), macs=K.macs(slim.model, one))
         pk["plan_entries"] = len(slim.plan.entries)
-        pk["exact"] = K.exactness(model, ex1, groups, RATIO)
+        pk["exact"] = K.exactness(analysed, ex1, groups, RATIO)
         spec = None if "hf" in (bm.quick_spec if q else bm.spec) else (bm.quick_spec if q else bm.spec)
         pk["save_load"] = K.save_load(slim, ex1, spec)
     except Exception as e:
@@ -172,8 +181,10 @@ def run_model(bm: SM.BenchModel, args: argparse.Namespace, scratch: Path) -> dic
     del tp_models
 
     # -- 2. speed ----------------------------------------------------------------------------------------------
-    rec["speed"] = speed(bm, model, ex1, timing, groups, dense_macs, out_shape, args, scratch) if groups is not None else []
-    del model
+    rec["speed"] = (
+        speed(bm, model, analysed, ex1, timing, groups, dense_macs, out_shape, args, scratch) if groups is not None else []
+    )
+    del model, analysed
     shutil.rmtree(scratch / bm.name, ignore_errors=True)
     return rec
 
@@ -181,6 +192,7 @@ def run_model(bm: SM.BenchModel, args: argparse.Namespace, scratch: Path) -> dic
 def speed(
     bm: SM.BenchModel,
     model: nn.Module,
+    analysed: nn.Module,
     ex1: Any,
     timing: dict[int, Any],
     groups: Any,
@@ -193,7 +205,7 @@ def speed(
     levels: list[dict[str, Any]] = []
     pk_models: dict[float, nn.Module] = {}
     for target in args.levels:
-        s = K.ratio_for_mac_reduction(model, ex1, groups, target, dense_macs)
+        s = K.ratio_for_mac_reduction(analysed, ex1, groups, target, dense_macs)
         lv: dict[str, Any] = {
             "target": target,
             "ratio": s.ratio,
@@ -202,7 +214,7 @@ def speed(
             "reachable": s.reachable,
         }
         if s.reachable:
-            sl = K.prune(model, ex1, s.ratio, groups)
+            sl = K.prune(analysed, ex1, s.ratio, groups)
             pk_models[target] = sl.model
             lv["params"] = count_params(sl.model)
         levels.append(lv)

@@ -76,8 +76,8 @@ def test_from_json_validates_and_names_the_entry(entry: dict[str, object], match
 def test_from_json_rejects_bad_documents() -> None:
     with pytest.raises(PlanError, match="not valid JSON"):
         PrunePlan.from_json("{")
-    with pytest.raises(PlanError, match="version 3; this prunekit reads versions 1, 2"):
-        PrunePlan.from_json('{"version": 3, "entries": []}')
+    with pytest.raises(PlanError, match="version 4; this prunekit reads versions 1, 2, 3"):
+        PrunePlan.from_json('{"version": 4, "entries": []}')
     with pytest.raises(PlanError, match=r"version 1: unknown keys \['depth'\]"):
         PrunePlan.from_json('{"version": 1, "entries": [], "depth": []}')
     with pytest.raises(PlanError, match="duplicate"):

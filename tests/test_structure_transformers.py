@@ -19,6 +19,7 @@ from prunekit.structure import Group, build_groups
 from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.handlers import sync_attention_attributes_
 from prunekit.structure.plan import apply_plan_
+from prunekit.testing.structure import zero_removed_units
 
 T = pytest.importorskip("transformers")
 
@@ -34,30 +35,6 @@ def _roles(g: Group) -> set[tuple[str, str, int, int]]:
     return {(m.fqn.split(".")[-1], m.role, m.block, m.offset) for m in g.members}
 
 
-def _zero_removed(model: nn.Module, groups: list[Group], kept: dict[int, Tensor]) -> nn.Module:
-    ref = copy.deepcopy(model)
-    mods = dict(ref.named_modules())
-    with torch.no_grad():
-        for i, k in kept.items():
-            g = groups[i]
-            dead = torch.ones(g.size, dtype=torch.bool)
-            dead[k] = False
-            gone = dead.nonzero().flatten()
-            for m in g.producers:
-                mod = mods[m.fqn]
-                idx = m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()
-                w = mod.weight
-                assert isinstance(w, Tensor)
-                if type(mod).__name__ == "Conv1D":  # weight (in, out)
-                    w[:, idx] = 0
-                else:
-                    w[idx] = 0
-                b = getattr(mod, "bias", None)
-                if isinstance(b, Tensor):
-                    b[idx] = 0
-    return ref
-
-
 def _halve_and_compare(model: nn.Module, example: Any, out: Any = lambda o: o.logits) -> tuple[list[Group], Any]:
     """Remove a random half of every prunable group without norms; masked reference == slim model."""
     model.eval()
@@ -69,7 +46,7 @@ def _halve_and_compare(model: nn.Module, example: Any, out: Any = lambda o: o.lo
         if g.prunable and g.size > 1 and not _mixes(g)
     }
     assert kept, "nothing prunable found"
-    ref = _zero_removed(model, groups, kept)
+    ref = zero_removed_units(model, groups, kept)
     slim = apply_plan_(copy.deepcopy(model), plan_for_groups(model, groups, kept))
     sync_attention_attributes_(slim)
     with torch.no_grad():
@@ -123,9 +100,11 @@ def test_gpt2_fused_qkv_is_cut_into_three_pieces() -> None:
                                 ("c_proj", "consumer", 16, 0)}  # fmt: skip
     attn = slim.transformer.h[0].attn
     assert (attn.split_size, attn.num_heads, attn.c_attn.weight.shape[1]) == (32, 2, 96)
-    # the embedding is tied to the output head: the residual stream is frozen with the reason
+    # the embedding is tied to the output head along the stream's dim: one prunable group holds both
     stream = next(g for g in groups if any(m.fqn.endswith("wte") for m in g.members))
-    assert not stream.prunable and any("shares a weight" in r for r in stream.reasons)
+    assert stream.prunable and {("transformer.wte", "producer"), ("lm_head", "consumer")} <= {
+        (m.fqn, m.role) for m in stream.members
+    }
 
 
 def test_opt_stale_head_count_would_reshape_the_sequence_so_it_is_synced() -> None:

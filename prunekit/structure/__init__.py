@@ -5,9 +5,12 @@
 and goes through the stateless per-type handlers of ``handlers.HANDLERS``. ``folding.fold_removed_`` moves the
 constant outputs of removed units into their consumers (values only) so slimming stays exact;
 ``dead_units.dead_unit_plan`` finds units left without inputs or outputs by element masks; ``depth`` scores and
-removes whole blocks (ShortGPT block influence).
+removes whole blocks (ShortGPT block influence). ``attention.split_attention_`` replaces ``nn.MultiheadAttention``
+by ``SplitMultiheadAttention`` (separate q/k/v/out projections, same outputs) so that its heads can be removed.
 """
 
+from prunekit.structure.attention import SplitMultiheadAttention as SplitMultiheadAttention
+from prunekit.structure.attention import split_attention_ as split_attention_
 from prunekit.structure.dead_units import DeadUnitReport as DeadUnitReport
 from prunekit.structure.dead_units import dead_unit_plan as dead_unit_plan
 from prunekit.structure.depth import block_candidates as block_candidates

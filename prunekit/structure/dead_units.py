@@ -29,10 +29,16 @@ and listed in the report.
     plan, _ = fold_removed_(model, plan, x)   # folds the constants of units with no inputs
     finalize_(model)
     apply_plan_(model, plan)
+
+``nn.MultiheadAttention`` modules are split (:class:`~prunekit.structure.attention.SplitMultiheadAttention`) for the
+analysis and put back; the plan's ``split`` names those whose heads it removes, and ``apply_plan_`` splits them
+first. Folding needs the model in the form the plan describes: with a non-empty ``plan.split``, call
+``split_attention_(model, plan.split)`` (outputs unchanged) before ``fold_removed_``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -40,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structure._units import Example, UnitMap, constant_units, measure_inputs, per_unit
+from prunekit.structure.attention import attention_split, needed_splits
 from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.graph import Group, build_groups
 from prunekit.structure.plan import PrunePlan
@@ -120,8 +127,20 @@ def dead_unit_plan(
     """The plan removing every dead unit (module docstring) and a :class:`DeadUnitReport`; ``model`` is unchanged.
 
     Zero weights are read from the effective weights, so masks may be attached (either mode) or already baked in.
+    Without ``groups``, ``nn.MultiheadAttention`` modules are split for the analysis and put back (module
+    docstring); masked ones are left as they are (their heads stay frozen).
     """
-    groups = build_groups(model, example_input) if groups is None else groups
+    if groups is not None:
+        plan, report = _dead_unit_plan(model, example_input, groups, tol)
+        return dataclasses.replace(plan, split=needed_splits(model, (), (e.module for e in plan.entries))), report
+    with attention_split(model) as split:
+        plan, report = _dead_unit_plan(model, example_input, build_groups(model, example_input), tol)
+        return dataclasses.replace(plan, split=needed_splits(model, split, (e.module for e in plan.entries))), report
+
+
+def _dead_unit_plan(
+    model: nn.Module, example_input: Example, groups: list[Group], tol: float
+) -> tuple[PrunePlan, DeadUnitReport]:
     umap = UnitMap(model, groups)
     skipped: list[tuple[str, str]] = []
     for i, g in enumerate(groups):

@@ -40,6 +40,7 @@ dropout off). Typical use::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -290,7 +291,7 @@ def fold_removed_(
     new_units = plan_for_groups(model, groups, kept_units)
     touched = {(m.fqn, m.axis) for gi in removed for m in groups[gi].members}
     entries = tuple(e for e in plan.entries if (e.module, e.axis) not in touched) + new_units.entries
-    out = PrunePlan(entries, tuple(dict.fromkeys(plan.add_bias + tuple(added))), plan.depth)
+    out = dataclasses.replace(plan, entries=entries, add_bias=tuple(dict.fromkeys(plan.add_bias + tuple(added))))
     report = FoldReport(
         removed=sum(int(r.sum()) for r in removed.values()),
         folded=n_folded,

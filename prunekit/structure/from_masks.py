@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from prunekit.masks import get_mask, has_mask
 from prunekit.structure._units import per_unit
+from prunekit.structure.attention import needed_splits
 from prunekit.structure.graph import Group, build_groups
 from prunekit.structure.handlers import StructureError, handler_for
 from prunekit.structure.plan import Axis, PlanEntry, PrunePlan
@@ -87,7 +88,8 @@ def plan_for_groups(model: nn.Module, groups: list[Group], kept: dict[int, Tenso
                 keep[(m.fqn, m.axis)] = torch.ones(n, dtype=torch.bool)
             keep[(m.fqn, m.axis)][m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()] = False
     entries = [PlanEntry(fqn, axis, len(v), tuple(int(i) for i in v.nonzero().flatten())) for (fqn, axis), v in keep.items()]
-    return PrunePlan(tuple(entries))
+    # attention the user split (SplitMultiheadAttention) is part of the architecture a replay must reproduce
+    return PrunePlan(tuple(entries), split=needed_splits(model, (), (e.module for e in entries)))
 
 
 def plan_from_masks(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> PrunePlan:

@@ -24,7 +24,9 @@ features). Spaces are merged with a weighted union-find (:class:`_Spaces`):
 
 A space that reaches something we cannot map (model input or output, channel padding or slicing such as option-A
 ``ZeroPadShortcut``, reductions over channels, unknown functions or modules, a weight shared by two modules) is
-frozen: the :class:`Group` lists the reasons and is not prunable, and those dims are left untouched. The result
+frozen: the :class:`Group` lists the reasons and is not prunable, and those dims are left untouched. That includes
+``nn.MultiheadAttention``, which computes every head in one fused call; the reason says to split it first with
+:func:`prunekit.structure.attention.split_attention_` (separate q/k/v/out Linears, the same outputs). The result
 is a list of :class:`Group`; the handler of each member's module type says which tensors an axis maps to.
 """
 
@@ -43,8 +45,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from prunekit.masks import module_type_name
+from prunekit.structure.attention import SPLIT_ADVICE
 from prunekit.structure.handlers import StructureError, handler_for_or_none
 from prunekit.structure.record import record_graph
+from prunekit.structure.ties import tied_weight_dim
 
 log = logging.getLogger(__name__)
 Tracing = Literal["auto", "fx", "record"]
@@ -327,6 +331,7 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), []).append(fqn)
     shared = {f: [o for o in fs if o != f] for fs in owners.values() if len(fs) > 1 for f in fs}
+    tied: list[tuple[Member, int]] = []  # members of modules that share a parameter, checked once all is known
 
     def freeze(c: _Chan, why: str) -> None:
         for seg in c.segs:
@@ -345,7 +350,7 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             sp.add(space, member)
         role_space[key] = space
         if member.fqn in shared:
-            sp.freeze(space, f"{member.fqn} shares a weight with {', '.join(shared[member.fqn])}")
+            tied.append((member, space))
 
     def attach_all(c: _Chan, fqn: str, role: Role) -> None:
         """Attach ``fqn`` to every segment of ``c`` at its offset."""
@@ -436,6 +441,9 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             if isinstance(m, nn.Flatten) and cx is not None:
                 _reshape(node, cx, x, shape, chan, sp)
                 continue
+            if isinstance(m, nn.MultiheadAttention):
+                freeze_inputs(node, _mha_reason(fqn))
+                continue
             freeze_inputs(node, f"{fqn}: {module_type_name(m)} has no structure handler or rule")
             continue
 
@@ -452,6 +460,9 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         if (is_fn and t in _SPLIT_FUNCS) or (not is_fn and t in _SPLIT_METHODS):
             if cx is not None:
                 pieces[node] = _split(node, cx, x, role_space, sp, freeze_inputs)
+            continue
+        if is_fn and t is F.multi_head_attention_forward:  # nn.MultiheadAttention's fused call (runtime recording)
+            freeze_inputs(node, _mha_reason(_mha_fqn(node)))
             continue
         if is_fn and t is operator.getitem and isinstance(node.args[0], fx.Node) and node.args[0] in pieces:
             got = pieces[node.args[0]]
@@ -512,6 +523,7 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         elif ins:
             freeze_inputs(node, f"{node.op} {name} has no structure rule")
 
+    _check_ties(tied, shared, mods, sp)
     roots = sorted({sp.find(i) for i in range(len(sp.parent))})
     groups = []
     for r in roots:
@@ -519,6 +531,64 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         if members:
             groups.append(Group(sp.size[r], members, tuple(dict.fromkeys(sp.reasons[r]))))
     return groups
+
+
+def _check_ties(
+    tied: list[tuple[Member, int]], shared: Mapping[str, list[str]], mods: Mapping[str, nn.Module], sp: _Spaces
+) -> None:
+    """Tied weights (an embedding and an output head sharing one matrix) may shrink only along one dim, in one group.
+
+    Every space attached to a module that shares a parameter is frozen unless all sharing modules are Embedding /
+    Linear, each touches the tied matrix along the same dim ``d`` from one and the same space (offset 0, unit size
+    1), and any space on the other dim is frozen anyway (the vocabulary: model input or output). Slicing that space
+    then slices the one matrix once for all of them; ``apply_plan_`` keeps the tie.
+    """
+
+    def freeze_all(fqns: set[str], why: str) -> None:
+        for m, s in tied:
+            if m.fqn in fqns:
+                sp.freeze(s, why)
+
+    done: set[str] = set()
+    for fqn in list(dict.fromkeys(m.fqn for m, _ in tied)):
+        if fqn in done:
+            continue
+        fqns = {fqn, *shared[fqn]}
+        done |= fqns
+        default = f"{fqn} shares a weight with {', '.join(shared[fqn])}"
+        recs = [(m, s) for m, s in tied if m.fqn in fqns]
+        dims = [tied_weight_dim(mods[m.fqn], m.axis) for m, _ in recs]
+        if any(d is None for d in dims):
+            freeze_all(fqns, default)
+            continue
+        open_recs = [(m, s, d) for (m, s), d in zip(recs, dims) if not sp.reasons[sp.find(s)]]
+        if not open_recs:
+            continue
+        d0 = open_recs[0][2]
+        roots = {sp.find(s) for _, s, _ in open_recs}
+        seen = {m.fqn for m, _, d in open_recs if d == d0}
+        ok = (
+            all(d == d0 for _, _, d in open_recs)
+            and len(roots) == 1
+            and all(m.offset == 0 and m.block == 1 for m, _, _ in open_recs)
+            and seen == fqns
+        )
+        if not ok:
+            freeze_all(fqns, f"{default} and they would shrink it along different dims or groups")
+
+
+def _mha_fqn(node: fx.Node) -> str:
+    """The path of the ``nn.MultiheadAttention`` whose parameters a ``multi_head_attention_forward`` call reads."""
+    for a in node.all_input_nodes:
+        if a.op == "get_attr":
+            for suffix in (".in_proj_weight", ".q_proj_weight", ".out_proj.weight"):
+                if str(a.target).endswith(suffix):
+                    return str(a.target)[: -len(suffix)]
+    return "?"
+
+
+def _mha_reason(fqn: str) -> str:
+    return f"nn.MultiheadAttention {fqn!r} computes all heads in one fused call; {SPLIT_ADVICE}"
 
 
 def _where(node: fx.Node) -> str:

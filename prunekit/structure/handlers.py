@@ -83,7 +83,10 @@ HANDLERS: Registry[AbstractHandler] = Registry("structure handler")
 def handler_for_or_none(module: nn.Module) -> AbstractHandler | None:
     """The handler for ``module``'s class name; RMS norms of any model family (``LlamaRMSNorm``, ``Qwen2RMSNorm``
     ...: a class name ending in ``RMSNorm`` with a 1-D ``weight``) and ``nn.LayerNorm`` subclasses named ``*LayerNorm``
-    (ConvNeXt's, whose ``data_format`` may put channels first) share the last-dim norm handler; else ``None``."""
+    (ConvNeXt's, whose ``data_format`` may put channels first) share the last-dim norm handler; ``nn.Embedding``
+    subclasses (OPT's learned positional embedding, which offsets the indices) get the embedding handler, and
+    ``nn.Linear``/``nn.ConvNd`` subclasses that keep the base class's ``forward`` (``NonDynamicallyQuantizableLinear``)
+    the base handler; else ``None``."""
     name = module_type_name(module)
     if name in HANDLERS:
         return HANDLERS.get(name)
@@ -92,6 +95,11 @@ def handler_for_or_none(module: nn.Module) -> AbstractHandler | None:
         return LAYERNORM
     if isinstance(module, nn.LayerNorm) and name.endswith("LayerNorm"):  # e.g. ConvNeXt's, with a data_format
         return LAYERNORM
+    if isinstance(module, nn.Embedding):  # e.g. OPT's learned positions: forward offsets the indices, rows of weight out
+        return EMBEDDING
+    for base in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):  # subclasses that keep the base forward
+        if isinstance(module, base) and type(module).forward is base.forward:
+            return HANDLERS.get(base.__name__)
     return None
 
 

@@ -31,6 +31,7 @@ are rounded *up* (never more removal than asked); at least one multiple always s
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -49,6 +50,7 @@ from prunekit.recipe import DEFAULT_TYPES
 from prunekit.registry import Registry
 from prunekit.scoring.base import SCORERS, AbstractScorer, ScoreContext, Target
 from prunekit.scoring.magnitude import Magnitude
+from prunekit.structure.attention import attention_split, needed_splits
 from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.graph import Group, Member, Role, build_groups
 from prunekit.structure.handlers import handler_for
@@ -464,7 +466,24 @@ def structured_plan(
     ``model`` is not changed; apply the plan with :func:`~prunekit.structure.plan.apply_plan_`. ``example_input``:
     what ``build_groups`` traces the model with (a tensor, a tuple, or a dict of keyword inputs for Hugging Face
     models); ``groups`` defaults to ``build_groups(model, example_input)``.
+
+    Attention heads of ``nn.MultiheadAttention`` (``nn.TransformerEncoder``/``TransformerDecoder`` layers): when
+    ``groups`` is not given, every such module is replaced by its
+    :class:`~prunekit.structure.attention.SplitMultiheadAttention` (separate q/k/v/out projections, same outputs)
+    for the analysis, and the original modules are put back before returning (also on error), so the caller's
+    model, its ``state_dict`` keys and any optimizer built on its parameters stay valid. ``ctx`` must score
+    ``model`` itself (the split modules are inside it while scoring). The plan's ``split`` names the modules whose
+    projections it changes (plus any ``SplitMultiheadAttention`` already in the model); ``apply_plan_`` splits them
+    first, on ``model`` or on a freshly built original.
     """
     config = config if config is not None else StructuredConfig()
-    gs = list(groups) if groups is not None else build_groups(model, example_input)
-    return plan_for_groups(model, gs, select_kept(model, gs, config, ctx))
+    if groups is not None:
+        gs = list(groups)
+        plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))
+        return dataclasses.replace(plan, split=needed_splits(model, (), (e.module for e in plan.entries)))
+    with attention_split(model) as split:
+        if split:
+            log.info("scoring attention heads: %d nn.MultiheadAttention modules split for the analysis", len(split))
+        gs = build_groups(model, example_input)
+        plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))
+        return dataclasses.replace(plan, split=needed_splits(model, split, (e.module for e in plan.entries)))

@@ -15,6 +15,10 @@ Three kinds of entries, all replayed on a freshly built model by :func:`apply_pl
 * **depth entries** (:class:`DepthEntry`): the block ``module`` (a residual block, a transformer layer) is replaced
   in its parent (``Sequential``, ``ModuleList`` or attribute) by a :class:`~prunekit.structure.skip.SkipBlock`
   returning its first input (see :mod:`prunekit.structure.depth` for when that is exact).
+* **split modules** (``split``): ``nn.MultiheadAttention`` modules replaced by their
+  :class:`~prunekit.structure.attention.SplitMultiheadAttention` (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``,
+  same outputs) *before* anything else, so that unit entries can name the projections (attention heads). Modules
+  already split are left alone.
 
 ``size`` (unit entries) and ``class`` (depth entries) make replay safe: applying a plan to a model whose module
 does not have ``size`` units on that axis, or whose block is not of that class (e.g. a plan applied twice), raises
@@ -22,7 +26,9 @@ before anything is changed.
 
 JSON: ``{"version": 1, "entries": [...]}`` when the plan has unit entries only (what prunekit 0.1 wrote, so older
 readers still read it); ``{"version": 2, "entries": [...], "add_bias": [fqn, ...], "depth": [{"module", "class",
-"output", "length"}, ...]}`` otherwise. Both versions are read.
+"output", "length"}, ...]}`` when it also adds biases or removes blocks; version 3 adds ``"split": [fqn, ...]`` and
+is written only when the plan splits attention modules (older prunekit cannot apply such a plan). Versions 1 to 3
+are read; a missing or empty ``split`` means none.
 """
 
 from __future__ import annotations
@@ -39,14 +45,18 @@ import torch
 from torch import nn
 
 from prunekit.masks import masked_params, module_type_name
+from prunekit.structure.attention import SplitMultiheadAttention, SplitRecord, swap_in_split_attention_
 from prunekit.structure.handlers import StructureError, handler_for, sync_attention_attributes_
 from prunekit.structure.skip import OUTPUTS, Output, SkipBlock, plain_attributes
+from prunekit.structure.ties import retie_, tied_parameters
 
 log = logging.getLogger(__name__)
 Axis = Literal["out", "in"]
 AXES: tuple[Axis, ...] = ("out", "in")
-PLAN_VERSION = 2
-_READABLE = (1, 2)
+PLAN_VERSION = 3
+_READABLE = (1, 2, 3)
+_KEYS = {1: {"version", "entries"}, 2: {"version", "entries", "add_bias", "depth"}}
+_KEYS[3] = _KEYS[2] | {"split"}
 _BIASABLE = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
 
@@ -125,11 +135,13 @@ def _inside(fqn: str, block: str) -> bool:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """Unit entries (unique ``(module, axis)``), modules that get a zero bias, and blocks replaced by identities."""
+    """Unit entries (unique ``(module, axis)``), modules that get a zero bias, blocks replaced by identities, and
+    attention modules split first (module docstring)."""
 
     entries: tuple[PlanEntry, ...] = ()
     add_bias: tuple[str, ...] = ()
     depth: tuple[DepthEntry, ...] = ()
+    split: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -143,6 +155,11 @@ class PrunePlan:
                 raise PlanError(f"plan add_bias {i}: must be a module path, got {b!r}")
         if len(set(self.add_bias)) != len(self.add_bias):
             raise PlanError(f"plan add_bias: duplicate modules in {list(self.add_bias)}")
+        for i, s in enumerate(self.split):
+            if not isinstance(s, str) or not s:
+                raise PlanError(f"plan split {i}: must be the non-empty path of an attention module, got {s!r}")
+        if len(set(self.split)) != len(self.split):
+            raise PlanError(f"plan split: duplicate modules in {list(self.split)}")
         for i, d in enumerate(self.depth):
             d.validate(f"plan depth entry {i}")
             for j, other in enumerate(self.depth[:i]):
@@ -156,21 +173,29 @@ class PrunePlan:
             for b in self.add_bias:
                 if _inside(b, d.module):
                     raise PlanError(f"plan add_bias {b} is inside block {d.module}, removed by depth entry {i}")
+            for s in self.split:
+                if _inside(s, d.module):
+                    raise PlanError(f"plan split {s} is inside block {d.module}, removed by depth entry {i}")
 
     def __len__(self) -> int:
+        """Unit entries, biases added and blocks removed (``split`` is not counted: it changes no output)."""
         return len(self.entries) + len(self.add_bias) + len(self.depth)
 
     # -- serialisation -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         entries = [{"module": e.module, "axis": e.axis, "size": e.size, "kept": list(e.kept)} for e in self.entries]
-        if not self.add_bias and not self.depth:
+        if not self.add_bias and not self.depth and not self.split:
             return {"version": 1, "entries": entries}
-        return {
-            "version": PLAN_VERSION,
+        out: dict[str, Any] = {
+            "version": 2,  # readable by prunekit versions that predate ``split``
             "entries": entries,
             "add_bias": list(self.add_bias),
             "depth": [d.to_dict() for d in self.depth],
         }
+        if self.split:
+            out["version"] = PLAN_VERSION
+            out["split"] = list(self.split)
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -182,7 +207,7 @@ class PrunePlan:
         version = data.get("version")
         if version not in _READABLE:
             raise PlanError(f"plan version {version!r}; this prunekit reads versions {', '.join(map(str, _READABLE))}")
-        allowed = {"version", "entries"} | ({"add_bias", "depth"} if version == 2 else set())
+        allowed = _KEYS[cast(int, version)]
         if set(data) - allowed:
             raise PlanError(f"plan version {version}: unknown keys {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
         raw = data.get("entries")
@@ -206,7 +231,10 @@ class PrunePlan:
             if not isinstance(r, dict) or set(r) != {"module", "class", "output", "length"}:
                 raise PlanError(f"plan depth entry {i}: expected keys module, class, output, length; got {r!r}"[:300])
             depth.append(DepthEntry(r["module"], r["class"], r["output"], r["length"]))
-        return cls(tuple(entries), tuple(add_bias), tuple(depth))
+        split = data.get("split", [])
+        if not isinstance(split, list):
+            raise PlanError("plan 'split' must be a list of attention module paths")
+        return cls(tuple(entries), tuple(add_bias), tuple(depth), tuple(split))
 
     @classmethod
     def from_json(cls, text: str) -> PrunePlan:
@@ -293,26 +321,71 @@ def _replace_block_(model: nn.Module, d: DepthEntry) -> None:
     setattr(parent, name, SkipBlock(d.class_name, d.output, d.length, plain_attributes(old)))
 
 
+def _split_(model: nn.Module, plan: PrunePlan) -> SplitRecord:
+    """Split the plan's attention modules (already split ones are skipped); :class:`PlanError` names a bad one."""
+    mods = dict(model.named_modules())
+    masked = {mp.fqn for mp in masked_params(model)}
+    for i, name in enumerate(plan.split):
+        where = f"plan split {i} ({name})"
+        m = mods.get(name)
+        if m is None:
+            raise PlanError(f"{where}: the model has no module {name!r}")
+        if isinstance(m, SplitMultiheadAttention):
+            continue
+        if not isinstance(m, nn.MultiheadAttention):
+            raise PlanError(
+                f"{where}: only nn.MultiheadAttention (or an already split SplitMultiheadAttention) can be split, "
+                f"not {module_type_name(m)}"
+            )
+        if any(_inside(f, name) for f in masked):
+            raise PlanError(f"{where}: module carries prunekit masks; call prunekit.masks.finalize_(model) before slimming")
+    try:
+        rec = swap_in_split_attention_(model, plan.split)
+    except StructureError as e:
+        raise PlanError(f"plan split: {e}") from None
+    if rec.names:
+        log.info("split nn.MultiheadAttention into q/k/v/out projections: %s", ", ".join(rec.names))
+    return rec
+
+
 @torch.no_grad()
 def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
-    """Apply the plan to ``model`` in place: biases, then unit removals, then block replacements; returns ``model``.
+    """Apply the plan to ``model`` in place: attention splits, biases, then unit removals, then block replacements;
+    returns ``model``.
 
     All or nothing: every entry is checked against the model, and each module's removals are first rehearsed on
     a copy of that module (so a handler's refusal, e.g. a GroupNorm group split in two, leaves the model
-    untouched). Pass-through modules (BatchNorm, depthwise conv), whose ``out`` and ``in`` are the same axis, are
-    changed once even if the plan names both.
+    untouched; attention modules split for the plan are put back). Pass-through modules (BatchNorm, depthwise
+    conv), whose ``out`` and ``in`` are the same axis, are changed once even if the plan names both. A weight tied
+    between modules (embedding and output head) is sliced for each owner and shared again afterwards; a plan that
+    would slice it differently for two owners is refused (:mod:`prunekit.structure.ties`).
     """
+    split = _split_(model, plan)
     by_module: dict[int, tuple[nn.Module, list[PlanEntry], bool]] = {}
-    for m, e in _check(model, plan):
-        by_module.setdefault(id(m), (m, [], False))[1].append(e)
-    mods = dict(model.named_modules())
-    for b in plan.add_bias:
-        m = mods[b]
-        by_module[id(m)] = (m, by_module.get(id(m), (m, [], False))[1], True)
-    for m, entries, bias in by_module.values():
-        _apply_entries(copy.deepcopy(m), entries, bias)
+    try:
+        for m, e in _check(model, plan):
+            by_module.setdefault(id(m), (m, [], False))[1].append(e)
+        mods = dict(model.named_modules())
+        for b in plan.add_bias:
+            m = mods[b]
+            by_module[id(m)] = (m, by_module.get(id(m), (m, [], False))[1], True)
+        for m, entries, bias in by_module.values():
+            _apply_entries(copy.deepcopy(m), entries, bias)
+        ties = [t for t in tied_parameters(model) if any(id(m) in by_module for _, m, _ in t)]
+        for t in ties:  # owners of a tied weight rehearse together (one deepcopy keeps the weight shared)
+            copies = copy.deepcopy([m for _, m, _ in t])
+            for (_, m, _), c in zip(t, copies):
+                if id(m) in by_module:
+                    _apply_entries(c, *by_module[id(m)][1:])
+            retie_([[(f, c, n) for (f, _, n), c in zip(t, copies)]])
+    except Exception:
+        split.undo()
+        raise
     for m, entries, bias in by_module.values():
         _apply_entries(m, entries, bias)
+    retied = retie_(ties)
+    if retied:
+        log.info("tied weights kept tied: %s", "; ".join(retied))
     for d in plan.depth:
         _replace_block_(model, d)
     changed = sync_attention_attributes_(model)
@@ -322,10 +395,11 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
 
 def merge_plans(plans: Iterable[PrunePlan]) -> PrunePlan:
-    """Concatenate plans over disjoint (module, axis) pairs, bias modules and blocks."""
+    """Concatenate plans over disjoint (module, axis) pairs, bias modules and blocks; the union of their splits."""
     ps = list(plans)
     return PrunePlan(
         tuple(e for p in ps for e in p.entries),
         tuple(dict.fromkeys(b for p in ps for b in p.add_bias)),
         tuple(d for p in ps for d in p.depth),
+        tuple(dict.fromkeys(s for p in ps for s in p.split)),
     )

@@ -206,8 +206,10 @@ def record_graph(model: nn.Module, example_input: Any, is_leaf: Callable[[nn.Mod
     taken, so the recorded ops are the module's documented computation.
     """
     rec = _Recorder(model, is_leaf)
-    inputs = example_input.items() if isinstance(example_input, Mapping) else enumerate(
-        example_input if isinstance(example_input, tuple) else (example_input,)
+    inputs = (
+        example_input.items()
+        if isinstance(example_input, Mapping)
+        else enumerate(example_input if isinstance(example_input, tuple) else (example_input,))
     )
     for key, v in inputs:
         for i, t in enumerate(_tensors(v)):
