@@ -119,7 +119,7 @@ def group_summary(groups: Sequence[Group], model: nn.Module) -> dict[str, Any]:
 
 
 def _has_layer_norm(g: Group, mods: dict[str, nn.Module]) -> bool:
-    return any(isinstance(handler_for_or_none(mods[m.fqn]), LastDimNormHandler) for m in g.members)
+    return any(m.fqn in mods and isinstance(handler_for_or_none(mods[m.fqn]), LastDimNormHandler) for m in g.members)
 
 
 def _max_diff(a: nn.Module, b: nn.Module, example: Any) -> tuple[float, float]:

@@ -115,7 +115,7 @@ def test_opt_stale_head_count_would_reshape_the_sequence_so_it_is_synced() -> No
     assert slim.model.decoder.layers[0].self_attn.num_heads == 2
 
 
-def test_vit_heads_and_mlp_class_token_freezes_the_stream() -> None:
+def test_vit_heads_and_mlp() -> None:
     cfg = T.ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                       patch_size=8, num_labels=10)  # fmt: skip
     torch.manual_seed(0)

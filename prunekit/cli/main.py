@@ -323,7 +323,9 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     extra.pop("report", None)  # a mask report of the input no longer describes the slim model
     if "input_shape" not in extra and hasattr(example, "shape"):
         extra["input_shape"] = list(example.shape)
-    removed = sum(e.removed for e in plan.entries if e.axis == "out")
+    modules = dict(model.named_modules())  # entries naming a bare tensor (layer scale, class token) are not units
+    unit_entries = [e for e in plan.entries if e.axis == "out" and e.module in modules]
+    removed = sum(e.removed for e in unit_entries)
     extra["shrink"] = {"config": config_to_dict(config), "report": rep.to_dict(), "removed_out_units": removed}
     save_slim(
         out,
@@ -334,7 +336,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         files={"report.md": md + "\n", "report.json": rep.to_json() + "\n"},
     )
     print(md)
-    print(f"\nremoved {removed:,} output units across {sum(e.axis == 'out' for e in plan.entries)} modules; wrote {out}")
+    print(f"\nremoved {removed:,} output units across {len(unit_entries)} modules; wrote {out}")
     return 0
 
 

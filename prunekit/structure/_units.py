@@ -16,10 +16,21 @@ both required (:func:`constant_units`):
 
 A group whose followers include a module that mixes units (``LayerNorm``, RMSNorm, anything not known to act per
 channel) has no constant units, and removing any of its units is not exact.
+
+Parameters and buffers in a group (``param`` members: a layer scale, a class token, position embeddings) are not
+on module axes: :class:`UnitMap` keeps them apart (``UnitMap.groups`` holds the module members only, so folding and
+dead-unit analysis see the modules they change; the plans they build come from the full groups and slice the
+tensors too). They do not depend on the input, so a tensor that varies only along its channel dim keeps both
+tests valid: multiplied or added (a layer scale ``(C,)``, a conv scale ``(C, 1, 1)``) it maps a constant unit to a
+constant, like a per-channel follower; concatenated along the sequence (a class token ``(1, 1, D)``) it is a
+constant of its own at its position, which the numerical check sees on any example input. One that also varies
+along other dims (position embeddings ``(1, N, D)``) makes a unit's value depend on the position; conservatively,
+such a group has no constant units (only units with no outputs can go).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +42,7 @@ from torch import Tensor, nn
 
 from prunekit.masks import module_type_name
 from prunekit.structure.graph import Group, Member
-from prunekit.structure.handlers import handler_for
+from prunekit.structure.handlers import StructureError, handler_for, model_tensor
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +107,20 @@ class UnitMap:
     """
 
     def __init__(self, model: nn.Module, groups: list[Group]) -> None:
-        self.groups = groups
+        # module members only; ``params[i]``: group i's parameter/buffer members (module docstring)
+        self.groups = [dataclasses.replace(g, members=tuple(m for m in g.members if m.role != "param")) for g in groups]
+        self.params = {i: g.params for i, g in enumerate(groups) if g.params}
+        self.tensor_shapes: dict[str, tuple[int, ...]] = {}
+        for ms in self.params.values():
+            for m in ms:
+                found = model_tensor(model, m.fqn)
+                if found is None:
+                    raise StructureError(f"group member {m.fqn!r} is not a parameter or buffer of the model")
+                self.tensor_shapes[m.fqn] = tuple(found[2].shape)
         self.mods = dict(model.named_modules(remove_duplicate=False))
         self.tracked = [i for i, g in enumerate(groups) if g.prunable]
         self.slots: dict[tuple[str, str], list[tuple[int, Member]]] = {}
-        for i, g in enumerate(groups):
+        for i, g in enumerate(self.groups):
             for m in g.members:
                 if m.role != "follower":
                     self.slots.setdefault((m.fqn, m.axis), []).append((i, m))
@@ -125,6 +145,15 @@ class UnitMap:
 
     def out_mask(self, fqn: str, units: dict[int, Tensor]) -> Tensor:
         return self.axis_mask(fqn, "out", units)
+
+    def position_dependent_tensors(self, gi: int) -> list[str]:
+        """``param`` members of group ``gi`` that vary along a dim other than their channel dim (position
+        embeddings (1, N, D)): the group then gets no constant units (module docstring)."""
+        return [
+            f"{m.fqn} {self.tensor_shapes[m.fqn]}"
+            for m in self.params.get(gi, ())
+            if any(n != 1 for d, n in enumerate(self.tensor_shapes[m.fqn]) if d != m.dim)
+        ]
 
     def mixing_followers(self, gi: int) -> list[str]:
         """Followers of group ``gi`` not known to act per channel (LayerNorm, RMSNorm, unknown types)."""
@@ -217,8 +246,11 @@ def measure_inputs(model: nn.Module, example_input: Example, fqns: list[str]) ->
 
 
 def numerically_constant(umap: UnitMap, stats: dict[str, InputStats], gi: int, tol: float) -> Tensor:
-    """Units of group ``gi`` constant (on the example input) at the input of every consumer of the group."""
+    """Units of group ``gi`` constant (on the example input) at the input of every consumer of the group; none when
+    a parameter of the group varies along positions (module docstring)."""
     g = umap.groups[gi]
+    if umap.position_dependent_tensors(gi):
+        return torch.zeros(g.size, dtype=torch.bool)
     ok = torch.ones(g.size, dtype=torch.bool)
     for m in g.members:
         if m.role != "consumer":

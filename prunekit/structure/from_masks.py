@@ -12,6 +12,10 @@ found by :func:`prunekit.structure.dead_units.dead_unit_plan`.
 Groups containing a LayerNorm are never exact: removing features changes the statistics it normalises with.
 Through a GroupNorm only whole normalisation groups are removed (a group with one live channel stays whole).
 A producer's unit may be a block of its output rows (an attention head): it is dead when the whole block is.
+Parameters and buffers in a group (``param`` members: a layer scale, a class token, position embeddings) are
+sliced with it; they have no masks and do not keep a unit alive, but a class token or position embedding adds a
+non-zero value to it, so such a removal is exact only through ``fold_removed_`` (which folds the unit where its
+value is constant and keeps it otherwise).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from torch import Tensor, nn
 from prunekit.masks import get_mask, has_mask
 from prunekit.structure._units import per_unit
 from prunekit.structure.attention import needed_splits
-from prunekit.structure.graph import Group, build_groups
-from prunekit.structure.handlers import StructureError, handler_for
+from prunekit.structure.graph import Group, Member, build_groups
+from prunekit.structure.handlers import StructureError, handler_for, model_tensor
 from prunekit.structure.plan import Axis, PlanEntry, PrunePlan
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ def kept_units(model: nn.Module, group: Group) -> Tensor:
         d = dead_units(mods[p.fqn], p.fqn)
         dead &= torch.zeros_like(dead) if d is None else per_unit(p, d.cpu(), group.size).all(1)
     for m in group.members:  # GroupNorm: only whole normalisation groups can go
-        gn = mods[m.fqn]
+        gn = mods.get(m.fqn)  # None for a parameter/buffer member
         if isinstance(gn, nn.GroupNorm):
             gid = (m.offset + torch.arange(group.size)) // (gn.num_channels // gn.num_groups)
             for g in gid.unique():
@@ -68,10 +72,22 @@ def plan_for_groups(model: nn.Module, groups: list[Group], kept: dict[int, Tenso
     """Plan entries for ``kept[i]`` (units of ``groups[i]``); groups not in ``kept`` are left alone.
 
     A module axis fed by several groups (the consumer of a ``torch.cat``, a BatchNorm after it) gets one entry that
-    combines them at their offsets.
+    combines them at their offsets. A ``param`` member (a parameter or buffer) gets an entry on its path, axis
+    ``out``, whose ``size`` is the length of the tensor's dim ``member.dim`` (the last dim of that size, so
+    :func:`~prunekit.structure.plan.apply_plan_` slices that dim).
     """
     mods = dict(model.named_modules())
     keep: dict[tuple[str, Axis], Tensor] = {}
+
+    def axis_size(m: Member) -> int:
+        if m.role == "param":
+            found = model_tensor(model, m.fqn)
+            if found is None or m.dim is None or m.dim >= found[2].dim():
+                raise StructureError(f"group member {m.fqn!r} is not a parameter or buffer of the model with a dim {m.dim}")
+            return int(found[2].shape[m.dim])
+        h = handler_for(mods[m.fqn], m.fqn)
+        return h.num_out(mods[m.fqn]) if m.axis == "out" else h.num_in(mods[m.fqn])
+
     for i, g in enumerate(groups):
         k = kept.get(i)
         if k is None or len(k) == g.size:
@@ -83,9 +99,7 @@ def plan_for_groups(model: nn.Module, groups: list[Group], kept: dict[int, Tenso
         gone = dead.nonzero().flatten()
         for m in g.members:
             if (m.fqn, m.axis) not in keep:
-                h = handler_for(mods[m.fqn], m.fqn)
-                n = h.num_out(mods[m.fqn]) if m.axis == "out" else h.num_in(mods[m.fqn])
-                keep[(m.fqn, m.axis)] = torch.ones(n, dtype=torch.bool)
+                keep[(m.fqn, m.axis)] = torch.ones(axis_size(m), dtype=torch.bool)
             keep[(m.fqn, m.axis)][m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()] = False
     entries = [PlanEntry(fqn, axis, len(v), tuple(int(i) for i in v.nonzero().flatten())) for (fqn, axis), v in keep.items()]
     # attention the user split (SplitMultiheadAttention) is part of the architecture a replay must reproduce

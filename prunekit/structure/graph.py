@@ -20,10 +20,20 @@ features). Spaces are merged with a weighted union-find (:class:`_Spaces`):
 * ``torch.cat`` along the channel dim lays the operands' spaces side by side (a value is a sequence of
   segments; members record their ``offset``); along another dim it merges them like ``a + b``; ``split``/``chunk``
   undo a cat, or cut a fused producer (GPT-2's ``c_attn``) into one space per piece;
-* a Linear/Conv consuming a value becomes a *consumer* of that value's space(s) (its ``in`` axis).
+* a Linear/Conv consuming a value becomes a *consumer* of that value's space(s) (its ``in`` axis);
+* a parameter or buffer of the model used outside a handled module (ConvNeXt's layer scale ``gamma * x``, ViT's
+  class token ``torch.cat((cls, x), 1)`` and position embeddings ``x + pos``, a ``(C, 1, 1)`` conv scale), directly
+  or through views (``expand``, ``unsqueeze``, ``[None, :, None]``, casts, element-wise functions), that meets a
+  channel-carrying value in an element-wise op or a ``torch.cat`` along another dim and varies along the channel dim
+  becomes a ``param`` member: its path is the member's ``fqn`` and it is sliced with the group along the dim it
+  couples (``Member.dim``). A plan names that dim only implicitly, by the size (:func:`~prunekit.structure.
+  handlers.tensor_dim`: the last dim of that size), so the space is frozen when the coupled dim is not that one,
+  when the tensor is used anywhere in a way not mapped (a matmul, the model output, a broadcast over the channels),
+  belongs to a handled module, or is registered under two names.
 
 A space that reaches something we cannot map (model input or output, channel padding or slicing such as option-A
-``ZeroPadShortcut``, reductions over channels, unknown functions or modules, a weight shared by two modules) is
+``ZeroPadShortcut``, reductions over channels, unknown functions or modules, a weight shared by two modules, a
+constant that varies along the channels) is
 frozen: the :class:`Group` lists the reasons and is not prunable, and those dims are left untouched. That includes
 ``nn.MultiheadAttention``, which computes every head in one fused call; the reason says to split it first with
 :func:`prunekit.structure.attention.split_attention_` (separate q/k/v/out Linears, the same outputs). The result
@@ -46,28 +56,34 @@ from torch.nn import functional as F
 
 from prunekit.masks import module_type_name
 from prunekit.structure.attention import SPLIT_ADVICE
-from prunekit.structure.handlers import StructureError, handler_for_or_none
+from prunekit.structure.handlers import StructureError, handler_for_or_none, tensor_aliases, tensor_dim
 from prunekit.structure.record import record_graph
 from prunekit.structure.ties import tied_weight_dim
 
 log = logging.getLogger(__name__)
 Tracing = Literal["auto", "fx", "record"]
 
-Role = Literal["producer", "follower", "consumer"]
+ModuleRole = Literal["producer", "follower", "consumer"]
+Role = Literal["producer", "follower", "consumer", "param"]
 
 
 @dataclass(frozen=True)
 class Member:
-    """One module in a group. ``producer``/``follower``: its ``out`` axis; ``consumer``: its ``in`` axis.
+    """One module or tensor in a group. ``producer``/``follower``: the module's ``out`` axis; ``consumer``: its
+    ``in`` axis; ``param``: a parameter or buffer of the model (``fqn`` is its path, e.g.
+    ``encoder.stages.0.layers.0.layer_scale_parameter``), used outside any handled module, whose dim ``dim`` (of
+    size ``tensor.shape[dim]``, always the last dim of that size) carries the units; its axis is called ``out``.
 
     Unit ``c`` of the group is index ``offset + c*block + j`` (``0 <= j < block``) of the member's axis: ``block > 1``
     after a flatten of spatial dims, ``offset > 0`` when the group is not the first input of a ``torch.cat``.
+    ``dim`` is ``None`` for module members.
     """
 
     fqn: str
     role: Role
     block: int = 1
     offset: int = 0
+    dim: int | None = None
 
     @property
     def axis(self) -> Literal["out", "in"]:
@@ -89,6 +105,11 @@ class Group:
     @property
     def producers(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.role == "producer")
+
+    @property
+    def params(self) -> tuple[Member, ...]:
+        """Members that are parameters or buffers (role ``param``), not modules."""
+        return tuple(m for m in self.members if m.role == "param")
 
 
 # -- op tables -----------------------------------------------------------------------------------------------
@@ -215,7 +236,7 @@ class _Spaces:
         self.members[self.find(s)].append((s, m))
 
     def resolved_members(self, root: int) -> tuple[Member, ...]:
-        out = [Member(m.fqn, m.role, m.block * self.scale(node), m.offset) for node, m in self.members[root]]
+        out = [Member(m.fqn, m.role, m.block * self.scale(node), m.offset, m.dim) for node, m in self.members[root]]
         return tuple(dict.fromkeys(out))
 
 
@@ -233,6 +254,15 @@ class _Chan:
 
     segs: tuple[_Seg, ...]
     dim: int
+
+
+@dataclass(frozen=True)
+class _PView:
+    """A value that is a view of the model's parameter or buffer ``fqn``: dim ``i`` of the value holds dim
+    ``dims[i]`` of the tensor (``None``: a dim added by ``expand``/``unsqueeze``, along which the value repeats)."""
+
+    fqn: str
+    dims: tuple[int | None, ...]
 
 
 class _Tracer(fx.Tracer):
@@ -333,6 +363,12 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
     shared = {f: [o for o in fs if o != f] for fs in owners.values() if len(fs) > 1 for f in fs}
     tied: list[tuple[Member, int]] = []  # members of modules that share a parameter, checked once all is known
 
+    # parameters and buffers read outside handled modules (get_attr nodes) may become "param" members
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    pview: dict[fx.Node, _PView] = {}  # values that are views of one of ``tensors``
+    mapped: set[tuple[fx.Node, fx.Node]] = set()  # (user, view) uses that are understood: views, attachments, shape reads
+    tensor_spaces: dict[str, list[tuple[int, int]]] = {}  # tensor path -> (space, dim) it was attached to
+
     def freeze(c: _Chan, why: str) -> None:
         for seg in c.segs:
             sp.freeze(seg.space, why)
@@ -372,6 +408,34 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             sp.freeze(s, reason)
         return _Chan((_Seg(s),), dim)
 
+    def attach_tensor(node: fx.Node, a: fx.Node, k: int, where: str) -> None:
+        """Make the tensor that ``a`` views a ``param`` member of ``node``'s channels; ``k``: the dim of ``a`` aligned
+        with them. Frozen when the plan rule (:func:`tensor_dim`) would slice another dim of the tensor."""
+        c, pv, a_shape = chan.get(node), pview[a], _shape(a) or ()
+        if c is None:  # the channels did not line up: frozen already
+            return
+        t = tensors[pv.fqn]
+        j = pv.dims[k]
+        n = width(c)
+        if j is None or int(t.shape[j]) != n or a_shape[k] != n:
+            freeze(c, f"{where}: {pv.fqn} {tuple(t.shape)} is repeated along the channel dim")
+            return
+        r = tensor_dim(tuple(t.shape), n)
+        if r != j:
+            freeze(
+                c,
+                f"{where}: {pv.fqn} {tuple(t.shape)} varies along the channels on its dim {j}, but a plan of {n} units "
+                f"would slice its last dim of size {n} (dim {r})",
+            )
+            return
+        mapped.add((node, a))
+        off = 0
+        for seg in c.segs:
+            attach(seg.space, Member(pv.fqn, "param", seg.block, off, j))
+            tensor_spaces.setdefault(pv.fqn, []).append((seg.space, j))
+            root, block = sp.eff(seg)
+            off += sp.size[root] * block
+
     for node in graph.nodes:
         shape = _shape(node)
         ins = _tensor_inputs(node)
@@ -388,6 +452,8 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
                     freeze(chan[a], "model output")
             continue
         if node.op == "get_attr":
+            if str(node.target) in tensors and shape is not None:
+                pview[node] = _PView(str(node.target), tuple(range(len(shape))))
             continue
 
         if node.op == "call_module":
@@ -451,6 +517,10 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         t = node.target
         is_fn = node.op == "call_function"
         name = getattr(t, "__name__", str(t))
+        if (node.op == "call_method" and t in _SHAPE_METHODS) or (
+            is_fn and t is getattr and node.args[1] in ("shape", "dtype", "device")
+        ):
+            mapped.update((node, a) for a in node.all_input_nodes if a in pview)  # reads no entries
         if node.op == "call_method" and t in _SHAPE_METHODS:
             continue
         if is_fn and t is getattr and cx is not None:
@@ -473,8 +543,15 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         if shape is None:
             freeze_inputs(node, f"{name}: non-tensor result")
             continue
-        if cx is not None and x is not None and len(ins) > 1 and not is_fn and t in _FIRST_OPERAND_METHODS:
-            ins, x = [x], x  # type_as(other), view_as(other)...: the other tensor gives only a dtype or shape
+        if x is not None and len(ins) > 1 and not is_fn and t in _FIRST_OPERAND_METHODS:
+            mapped.update((node, a) for a in ins[1:] if a in pview)  # read for its dtype or shape only
+            ins = [x]  # type_as(other), view_as(other)...: the other tensor gives only a dtype or shape
+        if x in pview and len(ins) == 1:
+            v = _view_of(node, pview[x], x, shape)
+            if v is not None:
+                pview[node] = v
+                mapped.add((node, x))
+                continue
         if not is_fn and t in ("view_as", "reshape_as", "expand_as") and cx is not None:
             (_reshape if t != "expand_as" else _expand)(node, cx, x, shape, chan, sp)
             continue
@@ -482,7 +559,8 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             if len(ins) == 1 and cx is not None:
                 chan[node] = cx
             elif ins:
-                _binary(node, ins, shape, chan, sp, name)
+                for a, k in _binary(node, ins, shape, chan, sp, name, pview.__contains__):
+                    attach_tensor(node, a, k, f"{_where(node)} ({name})")
             continue
         if is_fn and t in _SPATIAL_FUNCS:
             if cx is not None and cx.dim == 1 and unit_blocks(cx):
@@ -491,7 +569,8 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
                 freeze_inputs(node, f"{name}: pooling over the channel dim")
             continue
         if (is_fn and t in _BINARY_FUNCS) or (not is_fn and t in _BINARY_METHODS):
-            _binary(node, ins, shape, chan, sp, name)
+            for a, k in _binary(node, ins, shape, chan, sp, name, pview.__contains__):
+                attach_tensor(node, a, k, f"{_where(node)} ({name})")
             continue
         if cx is not None and (
             (is_fn and t in _RESHAPE_FUNCS) or (not is_fn and t in _RESHAPE_METHODS) or name in ("unsqueeze", "squeeze")
@@ -514,7 +593,8 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             _sdpa(node, shape, chan, sp, freeze_inputs)
             continue
         if is_fn and t is torch.cat:
-            _cat(node, shape, chan, sp, fresh)
+            for a, k in _cat(node, shape, chan, sp, fresh, pview.__contains__):
+                attach_tensor(node, a, k, f"{_where(node)} (cat)")
             continue
         if is_fn and t is operator.getitem and cx is not None:
             _index(node, cx, x, chan, freeze_inputs)
@@ -524,6 +604,7 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             freeze_inputs(node, f"{node.op} {name} has no structure rule")
 
     _check_ties(tied, shared, mods, sp)
+    _check_tensors(model, tensors, tensor_spaces, pview, mapped, sp)
     roots = sorted({sp.find(i) for i in range(len(sp.parent))})
     groups = []
     for r in roots:
@@ -575,6 +656,115 @@ def _check_ties(
         )
         if not ok:
             freeze_all(fqns, f"{default} and they would shrink it along different dims or groups")
+
+
+def _check_tensors(
+    model: nn.Module,
+    tensors: Mapping[str, Tensor],
+    tensor_spaces: Mapping[str, list[tuple[int, int]]],
+    pview: Mapping[fx.Node, _PView],
+    mapped: set[tuple[fx.Node, fx.Node]],
+    sp: _Spaces,
+) -> None:
+    """Freeze the spaces of a ``param`` member that slicing would break elsewhere.
+
+    A tensor is sliced once, along one dim, for every use: each use of it (or of a view of it) must be one of the
+    attachments, a view, or a shape read. It must also be registered under one name and not belong to a module
+    with a handler (that module's handler slices its tensors), and every attachment must couple the same dim.
+    """
+    handled: dict[int, str] = {}
+    for fqn, m in model.named_modules():
+        if handler_for_or_none(m) is not None:
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+                handled.setdefault(id(t), f"{fqn or '<root>'} ({module_type_name(m)})")
+    unmapped: dict[str, str] = {}
+    for n, pv in pview.items():
+        for u in n.users:
+            if (u, n) not in mapped and pv.fqn not in unmapped:
+                op = getattr(u.target, "__name__", str(u.target))
+                unmapped[pv.fqn] = "the model output" if u.op == "output" else f"{_where(u)} ({op})"
+    for path, spaces in tensor_spaces.items():
+        t = tensors[path]
+        why = []
+        others = tensor_aliases(model, path)
+        if others:
+            why.append(f"{path} is also registered as {', '.join(others)}")
+        if id(t) in handled:
+            why.append(f"{path} belongs to {handled[id(t)]}, whose handler slices it")
+        if path in unmapped:
+            why.append(f"{path} is also used by {unmapped[path]}, which is not mapped to channels")
+        dims = sorted({d for _, d in spaces})
+        if len(dims) > 1:
+            why.append(f"{path} {tuple(t.shape)} would be sliced along dims {dims}")
+        for s, _ in spaces:
+            for w in why:
+                sp.freeze(s, w)
+
+
+def _view_of(node: fx.Node, pv: _PView, x: fx.Node, shape: tuple[int, ...]) -> _PView | None:
+    """The view of ``pv``'s tensor that ``node`` computes from ``x`` (its only tensor operand, a view of that tensor),
+    when every entry keeps a known place: element-wise functions and casts (scalars as other operands), ``expand``,
+    reshapes that only add or drop size-1 dims, ``transpose``/``permute``, indexing with full slices and ``None``.
+    ``None`` for anything else (that use is then not mapped)."""
+    in_shape = _shape(x)
+    if in_shape is None:
+        return None
+    t = node.target
+    is_fn = node.op == "call_function"
+    name = getattr(t, "__name__", str(t))
+    elementwise = (is_fn and (t in _ELEMENTWISE_FUNCS or t in _BINARY_FUNCS)) or (
+        not is_fn and (t in _ELEMENTWISE_METHODS or t in _BINARY_METHODS or t in ("to", "type_as"))
+    )
+    if elementwise:
+        return pv if shape == in_shape else None
+    if name in ("expand", "expand_as", "broadcast_to"):
+        extra = len(shape) - len(in_shape)
+        ok = extra >= 0 and all(a in (b, 1) for a, b in zip(in_shape, shape[extra:]))
+        return _PView(pv.fqn, (None,) * extra + pv.dims) if ok else None
+    if name in ("view", "reshape", "flatten", "unsqueeze", "squeeze", "view_as", "reshape_as"):
+        kept = [d for d, n in enumerate(in_shape) if n != 1]
+        if [in_shape[d] for d in kept] != [n for n in shape if n != 1]:
+            return None
+        it = iter(kept)
+        return _PView(pv.fqn, tuple(pv.dims[next(it)] if n != 1 else None for n in shape))
+    nd = len(in_shape)
+    try:
+        if name == "permute":
+            dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+            perm = [int(cast(int, v)) % nd for v in cast(Sequence[Any], dims)]
+            return _PView(pv.fqn, tuple(pv.dims[d] for d in perm)) if sorted(perm) == list(range(nd)) else None
+        if name in ("transpose", "swapaxes", "swapdims", "t"):
+            a, b = (0, 1) if name == "t" else (int(_dims_arg(node, 1, "dim0")) % nd, int(_dims_arg(node, 2, "dim1")) % nd)
+            dims_ = list(pv.dims)
+            if nd >= 2:
+                dims_[a], dims_[b] = dims_[b], dims_[a]
+            return _PView(pv.fqn, tuple(dims_))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if is_fn and t is operator.getitem:
+        idx = node.args[1]
+        items = idx if isinstance(idx, tuple) else (idx,)
+        out: list[int | None] = []
+        d = 0
+        for i, it in enumerate(items):
+            if it is None:
+                out.append(None)
+            elif it is Ellipsis:
+                k = nd - sum(1 for v in items if v is not None and v is not Ellipsis)
+                if k < 0 or any(v is Ellipsis for v in items[i + 1 :]):
+                    return None
+                out += pv.dims[d : d + k]
+                d += k
+            elif isinstance(it, slice) and it.start in (None, 0) and it.step in (None, 1):
+                if d >= nd or not (it.stop is None or (isinstance(it.stop, int) and it.stop >= in_shape[d])):
+                    return None
+                out.append(pv.dims[d])
+                d += 1
+            else:
+                return None
+        out += pv.dims[d:]
+        return _PView(pv.fqn, tuple(out)) if len(out) == len(shape) else None
+    return None
 
 
 def _mha_fqn(node: fx.Node) -> str:
@@ -960,25 +1150,37 @@ def _join(a: _Chan, b: _Chan, sp: _Spaces, where: str) -> tuple[_Seg, ...] | Non
 
 
 def _binary(
-    node: fx.Node, ins: list[fx.Node], shape: tuple[int, ...], chan: dict[fx.Node, _Chan], sp: _Spaces, name: str
-) -> None:
-    """Element-wise op: tensors carrying channels merge their spaces; broadcast constants must not vary by channel."""
+    node: fx.Node,
+    ins: list[fx.Node],
+    shape: tuple[int, ...],
+    chan: dict[fx.Node, _Chan],
+    sp: _Spaces,
+    name: str,
+    is_tensor: Callable[[fx.Node], bool],
+) -> list[tuple[fx.Node, int]]:
+    """Element-wise op: tensors carrying channels merge their spaces; broadcast constants must not vary by channel,
+    except views of the model's parameters and buffers (``is_tensor``), which are returned as ``(operand, its dim
+    aligned with the channels)`` for the caller to attach."""
     carried = [a for a in ins if a in chan]
     if not carried:
-        return
+        return []
     where = f"{_where(node)} ({name})"
     nd = len(shape)
     offs = {a: nd - len(_shape(a) or ()) for a in ins}  # dims align from the right under broadcasting
     first = chan[carried[0]]
     out_dim = first.dim + offs[carried[0]]
     segs: tuple[_Seg, ...] | None = first.segs
+    tensors: list[tuple[fx.Node, int]] = []
     for a in ins:
         c = chan.get(a)
         if c is None:
             s = _shape(a) or ()
             k = out_dim - offs[a]
             if 0 <= k < len(s) and s[k] != 1:
-                _freeze_chan(first, sp, f"{where} with a tensor that varies along the channel dim")
+                if is_tensor(a):
+                    tensors.append((a, k))
+                else:
+                    _freeze_chan(first, sp, f"{where} with a tensor that varies along the channel dim")
             continue
         if a is carried[0] or segs is None:
             continue
@@ -987,12 +1189,23 @@ def _binary(
             _freeze_chan(c, sp, f"{where}: operands' channel dims do not line up")
             continue
         segs = _join(_Chan(segs, out_dim), c, sp, where)
-    if segs is not None:
-        chan[node] = _Chan(segs, out_dim)
+    if segs is None:
+        return []
+    chan[node] = _Chan(segs, out_dim)
+    return tensors
 
 
-def _cat(node: fx.Node, shape: tuple[int, ...], chan: dict[fx.Node, _Chan], sp: _Spaces, fresh: Callable[..., _Chan]) -> None:
-    """``torch.cat`` along the channel dim stacks segments (offsets); along another dim it joins like ``a + b``."""
+def _cat(
+    node: fx.Node,
+    shape: tuple[int, ...],
+    chan: dict[fx.Node, _Chan],
+    sp: _Spaces,
+    fresh: Callable[..., _Chan],
+    is_tensor: Callable[[fx.Node], bool],
+) -> list[tuple[fx.Node, int]]:
+    """``torch.cat`` along the channel dim stacks segments (offsets); along another dim it joins like ``a + b``, and
+    operands that are views of the model's parameters or buffers (``is_tensor``: ViT's class token) are returned as
+    ``(operand, channel dim)`` for the caller to attach; any other operand without channels freezes."""
     parts = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     where = f"{_where(node)} (cat)"
@@ -1000,27 +1213,29 @@ def _cat(node: fx.Node, shape: tuple[int, ...], chan: dict[fx.Node, _Chan], sp: 
         for a in node.all_input_nodes:
             if a in chan:
                 _freeze_chan(chan[a], sp, f"{where}: arguments not understood")
-        return
+        return []
     dim %= len(shape)
     carried = [chan[p] for p in parts if p in chan]
     cdims = {c.dim for c in carried}
     if len(cdims) != 1:
         for c in carried:
             _freeze_chan(c, sp, f"{where}: operands' channel dims do not line up")
-        return
+        return []
     (cdim,) = cdims
     if cdim != dim:  # e.g. along time or space: the channels of all operands coincide
-        if len(carried) != len(parts):  # a parameter or constant laid along the same channels (ViT's class token)
-            for c in carried:
+        others = [p for p in parts if p not in chan]
+        if any(not is_tensor(p) or (_shape(p) or (1,) * len(shape))[cdim] == 1 for p in others):
+            for c in carried:  # a constant laid along the same channels
                 _freeze_chan(c, sp, f"{where}: joined with a tensor of unknown channels")
-            return
+            return []
         segs: tuple[_Seg, ...] | None = carried[0].segs
         for c in carried[1:]:
             if segs is not None:
                 segs = _join(_Chan(segs, cdim), c, sp, where)
-        if segs is not None:
-            chan[node] = _Chan(segs, cdim)
-        return
+        if segs is None:
+            return []
+        chan[node] = _Chan(segs, cdim)
+        return [(p, cdim) for p in others]
     out: list[_Seg] = []
     for p in parts:
         cp = chan.get(p)
@@ -1030,3 +1245,4 @@ def _cat(node: fx.Node, shape: tuple[int, ...], chan: dict[fx.Node, _Chan], sp: 
             cp = fresh(ps[dim], dim, f"{where}: operand {p.name} has no known channels")
         out += cp.segs
     chan[node] = _Chan(tuple(out), dim)
+    return []

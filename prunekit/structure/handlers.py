@@ -14,6 +14,7 @@ consistent and ``repr``/re-construction agree with its tensors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -114,6 +115,47 @@ def handler_for(module: nn.Module, fqn: str = "") -> AbstractHandler:
         f"module {where!r} of type {name} has no structure handler; supported: {', '.join(HANDLERS.names())}. "
         f"Register one with prunekit.structure.handlers.HANDLERS.register({name!r})(handler)"
     )
+
+
+# -- raw parameters and buffers (group members of role "param") -------------------------------------------------
+
+
+def tensor_dim(shape: Sequence[int], size: int) -> int | None:
+    """The dim of a parameter/buffer of ``shape`` that a plan entry of ``size`` units slices: the *last* dim of that
+    size (layer scale (C,) -> 0; class token (1, 1, D) -> 2; position embeddings (1, N, D) -> 2; a conv scale
+    (C, 1, 1) -> 0); ``None`` if no dim has that size. The dependency graph only makes a tensor a group member when
+    the dim it couples is the one this rule picks, so a plan needs no extra field to be replayed."""
+    dims = [d for d, n in enumerate(shape) if n == size]
+    return dims[-1] if dims else None
+
+
+def model_tensor(model: nn.Module, path: str) -> tuple[nn.Module, str, Tensor] | None:
+    """``(owner module, attribute name, tensor)`` of the parameter or buffer registered at ``path`` (e.g.
+    ``encoder.layers.0.layer_scale``); ``None`` if ``path`` names no parameter or buffer (a module, a plain tensor
+    attribute, a parametrized tensor, nothing)."""
+    prefix, _, name = path.rpartition(".")
+    try:
+        owner = model.get_submodule(prefix)
+    except AttributeError:
+        return None
+    t = owner._parameters.get(name, owner._buffers.get(name))
+    return (owner, name, t) if isinstance(t, Tensor) else None
+
+
+def tensor_aliases(model: nn.Module, path: str) -> list[str]:
+    """Other paths at which the tensor registered at ``path`` is registered *in another slot* (another module or
+    attribute name): replacing it at ``path`` would untie them. A module reachable by two paths is one slot."""
+    found = model_tensor(model, path)
+    if found is None:
+        return []
+    owner, name, t = found
+    out = []
+    for p, v in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        if v is t and p != path:
+            o = model_tensor(model, p)
+            if o is None or o[0] is not owner or o[1] != name:
+                out.append(p)
+    return out
 
 
 class LinearHandler(AbstractHandler):

@@ -15,6 +15,9 @@ followers' channels, consumers' input units). Its units are scored from **any** 
 4. Group score ``G(c) = R_m n_m(u_m)(c)`` with ``R`` = ``sum``, ``mean`` or ``max`` over members. A member whose
    unit scores are all equal carries no ranking information (an output-unit criterion such as APoZ, spread over a
    consumer's rows, is constant across its input units) and is left out of ``R`` when another member is not.
+   ``param`` members (a layer scale, a class token, position embeddings: tensors sliced with the group, not
+   modules) are never scored, whatever ``roles`` says: scorers rate module weights (activation criteria hook
+   modules), so a group is ranked by its modules.
 
 Allocation decides how many units each group loses; the lowest-scoring ones go (ties: lower index first):
 
@@ -52,7 +55,7 @@ from prunekit.scoring.base import SCORERS, AbstractScorer, ScoreContext, Target
 from prunekit.scoring.magnitude import Magnitude
 from prunekit.structure.attention import attention_split, needed_splits
 from prunekit.structure.from_masks import plan_for_groups
-from prunekit.structure.graph import Group, Member, Role, build_groups
+from prunekit.structure.graph import Group, Member, ModuleRole, build_groups
 from prunekit.structure.handlers import handler_for
 from prunekit.structure.plan import PrunePlan
 
@@ -62,7 +65,7 @@ Reduction = Literal["sum", "mean", "max"]
 Normalization = Literal["none", "mean", "max", "l2"]
 REDUCTIONS: tuple[Reduction, ...] = ("sum", "mean", "max")
 NORMALIZATIONS: tuple[Normalization, ...] = ("none", "mean", "max", "l2")
-ROLES: tuple[Role, ...] = ("producer", "follower", "consumer")
+ROLES: tuple[ModuleRole, ...] = ("producer", "follower", "consumer")  # "param" members are sliced, never scored
 CONFIG_VERSION = 1
 
 
@@ -176,7 +179,7 @@ class StructuredConfig:
     scorer: AbstractScorer = field(default_factory=Magnitude, metadata=_help("element criterion (prunekit list scorers)"))
     reduction: Reduction = field(default="mean", metadata=_help("combine members' unit scores: sum, mean or max"))
     normalize: Normalization = field(default="mean", metadata=_help("per-member normalisation: none, mean, max or l2"))
-    roles: tuple[Role, ...] = field(
+    roles: tuple[ModuleRole, ...] = field(
         default=("producer", "consumer"), metadata=_help("member roles that are scored: producer, follower, consumer")
     )
     allocator: AbstractGroupAllocator = field(
@@ -323,7 +326,8 @@ def combine_members(unit_scores: Sequence[Tensor], normalize: Normalization, red
 
 
 def _scored_members(group: Group, config: StructuredConfig, mods: Mapping[str, nn.Module]) -> list[Member]:
-    return [m for m in group.members if m.role in config.roles and _weight(mods[m.fqn]) is not None]
+    """Members of the configured roles that have a weight; ``param`` members (tensors, not modules) never are."""
+    return [m for m in group.members if m.role != "param" and m.role in config.roles and _weight(mods[m.fqn]) is not None]
 
 
 def group_scores(
@@ -382,7 +386,7 @@ def _atom_ids(model_modules: Mapping[str, nn.Module], group: Group) -> Tensor | 
     group; a (0,)-tensor when the group cannot be cut into whole normalisation groups."""
     ids: Tensor | None = None
     for m in group.members:
-        gn = model_modules[m.fqn]
+        gn = model_modules.get(m.fqn)  # None for a parameter/buffer member
         if not isinstance(gn, nn.GroupNorm):
             continue
         per = int(gn.num_channels) // int(gn.num_groups)

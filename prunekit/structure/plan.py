@@ -7,6 +7,10 @@ Three kinds of entries, all replayed on a freshly built model by :func:`apply_pl
   maps that to every tensor it touches (weight dim 0 or 1, bias, BatchNorm running stats, grouped-conv per-group
   columns) and to the module attributes. A per-tensor plan could leave a module half-pruned (weight sliced, bias
   not, ``out_features`` stale); :meth:`PrunePlan.tensor_view` lists the per-tensor effect for inspection.
+  The one exception: an entry whose ``module`` is the path of a parameter or buffer used outside any handled module
+  (a layer scale, a class token, position embeddings: ``param`` members of a group) slices that tensor alone, on
+  axis ``out``, along the *last* dim of size ``size`` (:func:`~prunekit.structure.handlers.tensor_dim`; the
+  dependency graph only plans such entries when that is the dim it couples), so the JSON needs no other field.
 * **bias entries** (``add_bias``): the module (a ``Linear`` or convolution built with ``bias=False``) gets a zero
   bias parameter before its units are removed. Folding a removed unit's constant output into a consumer that has no
   bias (:func:`prunekit.structure.folding.fold_removed_`) creates that parameter on the live model; recording it here
@@ -46,7 +50,16 @@ from torch import nn
 
 from prunekit.masks import masked_params, module_type_name
 from prunekit.structure.attention import SplitMultiheadAttention, SplitRecord, swap_in_split_attention_
-from prunekit.structure.handlers import StructureError, handler_for, sync_attention_attributes_
+from prunekit.structure.handlers import (
+    StructureError,
+    handler_for,
+    handler_for_or_none,
+    model_tensor,
+    select_,
+    sync_attention_attributes_,
+    tensor_aliases,
+    tensor_dim,
+)
 from prunekit.structure.skip import OUTPUTS, Output, SkipBlock, plain_attributes
 from prunekit.structure.ties import retie_, tied_parameters
 
@@ -257,15 +270,61 @@ class PrunePlan:
         return [(k, before.get(k), after.get(k)) for k in names if after.get(k) != before.get(k)]
 
 
-def _check(model: nn.Module, plan: PrunePlan) -> list[tuple[nn.Module, PlanEntry]]:
+@dataclass(frozen=True)
+class _TensorSlice:
+    """A unit entry naming a parameter or buffer: ``owner.<name>`` keeps ``entry.kept`` along ``dim``."""
+
+    owner: nn.Module
+    name: str
+    dim: int
+    entry: PlanEntry
+
+    def apply(self) -> None:
+        select_(self.owner, self.name, self.dim, torch.tensor(self.entry.kept, dtype=torch.long))
+
+
+def _check_tensor(model: nn.Module, e: PlanEntry, where: str, masked: set[str]) -> _TensorSlice:
+    """Resolve a unit entry whose ``module`` is not a module: it must name a parameter or buffer of the model that
+    has ``e.size`` entries along some dim (the last such dim is sliced, :func:`tensor_dim`), on the ``out`` axis."""
+    if e.module in masked:
+        raise PlanError(f"{where}: tensor carries a prunekit mask; call prunekit.masks.finalize_(model) before slimming")
+    found = model_tensor(model, e.module)
+    if found is None:
+        raise PlanError(f"{where}: the model has no module {e.module!r} (nor a parameter or buffer of that path)")
+    owner, name, t = found
+    if e.axis != "out":
+        raise PlanError(f"{where}: a parameter or buffer has only the 'out' axis (its sliced dim), got {e.axis!r}")
+    if handler_for_or_none(owner) is not None:
+        raise PlanError(
+            f"{where}: {e.module!r} belongs to a {module_type_name(owner)}, whose handler slices it; name the module instead"
+        )
+    others = tensor_aliases(model, e.module)
+    if others:
+        raise PlanError(f"{where}: {e.module!r} is also registered as {', '.join(others)}; slicing one name would untie them")
+    dim = tensor_dim(tuple(t.shape), e.size)
+    if dim is None:
+        raise PlanError(
+            f"{where}: plan expects {e.size} units along a dim of {e.module!r}, whose shape is {tuple(t.shape)} "
+            "(plan already applied?)"
+        )
+    return _TensorSlice(owner, name, dim, e)
+
+
+def _check(model: nn.Module, plan: PrunePlan) -> tuple[list[tuple[nn.Module, PlanEntry]], list[_TensorSlice]]:
+    """Module entries with their modules, and entries naming parameters/buffers resolved; :class:`PlanError` names
+    the first entry that does not fit the model."""
     mods = dict(model.named_modules())
-    masked = {mp.fqn for mp in masked_params(model)}
+    masked_params_ = list(masked_params(model))
+    masked = {mp.fqn for mp in masked_params_}
+    masked_tensors = {mp.key for mp in masked_params_}
     out = []
+    tensors = []
     for i, e in enumerate(plan.entries):
         where = f"plan entry {i} ({e.module}.{e.axis})"
         m = mods.get(e.module)
         if m is None:
-            raise PlanError(f"{where}: the model has no module {e.module!r}")
+            tensors.append(_check_tensor(model, e, where, masked_tensors))
+            continue
         if e.module in masked:
             raise PlanError(f"{where}: module carries prunekit masks; call prunekit.masks.finalize_(model) before slimming")
         h = handler_for(m, e.module)
@@ -288,7 +347,7 @@ def _check(model: nn.Module, plan: PrunePlan) -> list[tuple[nn.Module, PlanEntry
             raise PlanError(
                 f"{where}: plan expects a {d.class_name}, the model has a {module_type_name(m)} (plan already applied?)"
             )
-    return out
+    return out, tensors
 
 
 def add_zero_bias_(module: nn.Module) -> bool:
@@ -355,7 +414,9 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
     All or nothing: every entry is checked against the model, and each module's removals are first rehearsed on
     a copy of that module (so a handler's refusal, e.g. a GroupNorm group split in two, leaves the model
-    untouched; attention modules split for the plan are put back). Pass-through modules (BatchNorm, depthwise
+    untouched; attention modules split for the plan are put back). An entry naming a parameter or buffer (module
+    docstring) must name one registered once, outside any handled module, with a dim of ``size`` entries; it is
+    checked up front and sliced after the modules. Pass-through modules (BatchNorm, depthwise
     conv), whose ``out`` and ``in`` are the same axis, are changed once even if the plan names both. A weight tied
     between modules (embedding and output head) is sliced for each owner and shared again afterwards; a plan that
     would slice it differently for two owners is refused (:mod:`prunekit.structure.ties`).
@@ -363,7 +424,8 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     split = _split_(model, plan)
     by_module: dict[int, tuple[nn.Module, list[PlanEntry], bool]] = {}
     try:
-        for m, e in _check(model, plan):
+        module_entries, tensor_entries = _check(model, plan)
+        for m, e in module_entries:
             by_module.setdefault(id(m), (m, [], False))[1].append(e)
         mods = dict(model.named_modules())
         for b in plan.add_bias:
@@ -383,6 +445,8 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
         raise
     for m, entries, bias in by_module.values():
         _apply_entries(m, entries, bias)
+    for ts in tensor_entries:
+        ts.apply()
     retied = retie_(ties)
     if retied:
         log.info("tied weights kept tied: %s", "; ".join(retied))

@@ -9,13 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structure.graph import Group
-from prunekit.structure.handlers import handler_for
+from prunekit.structure.handlers import StructureError, handler_for, model_tensor
 
 
 @torch.no_grad()
 def zero_removed_units(model: nn.Module, groups: Sequence[Group], kept: Mapping[int, Tensor]) -> nn.Module:
     """A copy of ``model`` with the structured mask applied: for every group ``i`` in ``kept``, the output slices of
-    its producers and followers at the removed units are zeroed (weight along the handler's unit dim, and bias).
+    its producers and followers at the removed units are zeroed (weight along the handler's unit dim, and bias), and
+    so are the slices of its ``param`` members (a layer scale, a class token, position embeddings) along their
+    ``dim``, so a removed unit is zero everywhere, as in the slimmed model where it does not exist.
 
     For groups without a unit-mixing follower (LayerNorm, RMSNorm) the copy computes what the physically slimmed
     model computes, which is how exactness is checked.
@@ -30,8 +32,14 @@ def zero_removed_units(model: nn.Module, groups: Sequence[Group], kept: Mapping[
         for m in g.members:
             if m.role == "consumer":
                 continue
-            mod = mods[m.fqn]
             idx = m.offset + (gone[:, None] * m.block + torch.arange(m.block)[None, :]).flatten()
+            if m.role == "param":
+                found = model_tensor(ref, m.fqn)
+                if found is None or m.dim is None:
+                    raise StructureError(f"group member {m.fqn!r} is not a parameter or buffer of the model")
+                found[2].index_fill_(m.dim, idx.to(found[2].device), 0.0)
+                continue
+            mod = mods[m.fqn]
             d = handler_for(mod, m.fqn).unit_dim(mod)
             w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
             if isinstance(w, Tensor):
