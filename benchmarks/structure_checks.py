@@ -41,7 +41,7 @@ from prunekit.testing.structure import zero_removed_units
 
 # Every prunable group, as Torch-Pruning prunes them: prunekit's default types leave a residual stream that an
 # Embedding produces whole; listing Embedding lets it go too.
-TYPES = (*DEFAULT_TYPES, "Conv1D", "*Embedding")  # also OPT's learned positional embedding class
+TYPES = (*DEFAULT_TYPES, "Conv1D", "*Embedding", "*Experts")  # OPT's positions; fused MoE experts (Mixtral)
 
 
 def config(ratio: float) -> StructuredConfig:

@@ -22,11 +22,10 @@ from prunekit.masks import attach_mask_, finalize_
 from prunekit.structure import Group, PlanEntry, PlanError, PrunePlan, apply_plan_, build_groups, plan_from_masks
 from prunekit.structure._units import UnitMap
 from prunekit.structure.folding import fold_removed_
-from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.graph import Tracing
 from prunekit.structure.handlers import tensor_dim
 from prunekit.structure.importance import StructuredConfig, structured_plan
-from prunekit.testing.structure import zero_removed_units
+from prunekit.testing.structure import assert_replays, halve_exactly
 
 TRACERS: tuple[Tracing, ...] = ("fx", "record")
 
@@ -148,35 +147,6 @@ def _params(g: Group) -> dict[str, int | None]:
     return {m.fqn: m.dim for m in g.params}
 
 
-def _halve_exactly(model: nn.Module, x: Tensor, tracer: Tracing = "auto") -> tuple[list[Group], PrunePlan, nn.Module]:
-    """Remove a random half of every prunable group; the zeroed reference equals the slim model."""
-    model.eval()
-    groups = build_groups(model, x, tracer=tracer)
-    gen = torch.Generator().manual_seed(1)
-    kept = {
-        i: torch.randperm(g.size, generator=gen)[: g.size // 2].sort().values
-        for i, g in enumerate(groups)
-        if g.prunable and g.size > 1
-    }
-    ref = zero_removed_units(model, groups, kept)
-    plan = plan_for_groups(model, groups, kept)
-    slim = apply_plan_(copy.deepcopy(model), plan)
-    with torch.no_grad():
-        torch.testing.assert_close(slim(x), ref(x), rtol=1e-5, atol=1e-5)
-    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
-    return groups, plan, slim
-
-
-def _replays(build: Callable[[], nn.Module], slim: nn.Module, plan: PrunePlan, x: Tensor) -> None:
-    """The JSON plan replays on a freshly built model, which then loads the slim weights strictly."""
-    text = plan.to_json()
-    assert PrunePlan.from_json(text) == plan
-    fresh = apply_plan_(build().eval(), PrunePlan.from_json(text))
-    fresh.load_state_dict(slim.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), slim(x), rtol=0, atol=0)
-
-
 # -- the plan rule ---------------------------------------------------------------------------------------------
 
 
@@ -195,7 +165,7 @@ def test_tensor_dim_is_the_last_dim_of_that_size(shape: tuple[int, ...], size: i
 def test_layer_scale_is_sliced_with_the_residual_stream(tracer: Tracing) -> None:
     model = LayerScaleNet()
     x = torch.randn(2, 3, 6, 6)
-    groups, plan, slim = _halve_exactly(model, x, tracer)
+    groups, plan, slim = halve_exactly(model, x, tracer)
     _, stream = _group_of(groups, "stem")
     assert stream.prunable and stream.size == 8
     assert _params(stream) == {"blocks.0.gamma": 0, "blocks.1.gamma": 0}
@@ -205,7 +175,7 @@ def test_layer_scale_is_sliced_with_the_residual_stream(tracer: Tracing) -> None
     gamma = slim.get_parameter("blocks.0.gamma")
     assert gamma.shape == (4,) and isinstance(gamma, nn.Parameter)
     assert ("blocks.1.gamma", (8,), (4,)) in plan.tensor_view(model)
-    _replays(lambda: copy.deepcopy(model), slim, plan, x)
+    assert_replays(lambda: copy.deepcopy(model), slim, plan, x)
 
 
 def test_layer_scale_group_is_scored_by_its_modules_and_planned() -> None:
@@ -225,13 +195,13 @@ def test_layer_scale_group_is_scored_by_its_modules_and_planned() -> None:
 def test_class_token_and_position_embeddings_join_the_stream(tracer: Tracing) -> None:
     model = TinyViT()
     x = torch.randn(2, 6, 12)
-    groups, plan, slim = _halve_exactly(model, x, tracer)
+    groups, plan, slim = halve_exactly(model, x, tracer)
     _, stream = _group_of(groups, "patch")
     assert stream.prunable and stream.size == 16
     assert _params(stream) == {"cls_token": 2, "pos": 2}
     assert {m.fqn for m in stream.producers} == {"patch", "fc2.0", "fc2.1"}
     assert (slim.get_parameter("cls_token").shape, slim.get_parameter("pos").shape) == ((1, 1, 8), (1, 7, 8))
-    _replays(lambda: copy.deepcopy(model), slim, plan, x)
+    assert_replays(lambda: copy.deepcopy(model), slim, plan, x)
 
 
 def test_position_dependent_parameters_give_no_constant_units() -> None:
@@ -261,12 +231,12 @@ def test_position_dependent_parameters_give_no_constant_units() -> None:
 def test_conv_scale_parameter_and_buffer_are_sliced(tracer: Tracing) -> None:
     model = ScaledConvNet()
     x = torch.randn(2, 3, 9, 9)
-    groups, plan, slim = _halve_exactly(model, x, tracer)
+    groups, plan, slim = halve_exactly(model, x, tracer)
     _, g = _group_of(groups, "conv1")
     assert g.prunable and _params(g) == {"scale": 0, "shift": 0}
     assert slim.get_parameter("scale").shape == (4, 1, 1) and slim.get_buffer("shift").shape == (4, 1, 1)
     assert "shift" in dict(slim.named_buffers())
-    _replays(lambda: copy.deepcopy(model), slim, plan, x)
+    assert_replays(lambda: copy.deepcopy(model), slim, plan, x)
 
 
 class ViewedScale(nn.Module):
@@ -289,10 +259,10 @@ class ViewedScale(nn.Module):
 def test_parameter_reaches_the_product_through_views(tracer: Tracing) -> None:
     model = ViewedScale()
     x = torch.randn(2, 3, 4, 4)
-    groups, plan, slim = _halve_exactly(model, x, tracer)
+    groups, plan, slim = halve_exactly(model, x, tracer)
     _, g = _group_of(groups, "conv1")
     assert g.prunable and _params(g) == {"gamma": 0}, g.reasons
-    _replays(lambda: copy.deepcopy(model), slim, plan, x)
+    assert_replays(lambda: copy.deepcopy(model), slim, plan, x)
 
 
 def test_dead_filters_before_a_per_channel_scale_fold_exactly() -> None:

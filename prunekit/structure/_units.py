@@ -26,6 +26,11 @@ constant, like a per-channel follower; concatenated along the sequence (a class 
 constant of its own at its position, which the numerical check sees on any example input. One that also varies
 along other dims (position embeddings ``(1, N, D)``) makes a unit's value depend on the position; conservatively,
 such a group has no constant units (only units with no outputs can go).
+
+A group in which a parameter acts as a *weight* (``param_role`` producer or consumer: the rows or columns of a
+fused expert weight read by ``F.linear``, see :mod:`prunekit.structure.graph`) is not tracked at all
+(:attr:`UnitMap.tracked`): neither test above sees what such a tensor writes into a unit or reads from it, so
+folding and dead-unit analysis leave those groups (and any plan entries for them) as they are.
 """
 
 from __future__ import annotations
@@ -118,7 +123,8 @@ class UnitMap:
                     raise StructureError(f"group member {m.fqn!r} is not a parameter or buffer of the model")
                 self.tensor_shapes[m.fqn] = tuple(found[2].shape)
         self.mods = dict(model.named_modules(remove_duplicate=False))
-        self.tracked = [i for i, g in enumerate(groups) if g.prunable]
+        # groups where a tensor is a weight (fused experts) are not analysed (module docstring)
+        self.tracked = [i for i, g in enumerate(groups) if g.prunable and g.producers and not g.weight_params]
         self.slots: dict[tuple[str, str], list[tuple[int, Member]]] = {}
         for i, g in enumerate(self.groups):
             for m in g.members:

@@ -15,7 +15,9 @@ A producer's unit may be a block of its output rows (an attention head): it is d
 Parameters and buffers in a group (``param`` members: a layer scale, a class token, position embeddings) are
 sliced with it; they have no masks and do not keep a unit alive, but a class token or position embedding adds a
 non-zero value to it, so such a removal is exact only through ``fold_removed_`` (which folds the unit where its
-value is constant and keeps it otherwise).
+value is constant and keeps it otherwise). A parameter that *produces* the units (the rows of a fused expert
+weight, ``param_role="producer"``) has no mask either and keeps every unit: masks never remove units of a group it
+produces (score such groups with :func:`~prunekit.structure.importance.structured_plan`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def kept_units(model: nn.Module, group: Group) -> Tensor:
     """Sorted indices of ``group``'s units that stay (at least one always stays)."""
     mods = dict(model.named_modules())
     dead = torch.ones(group.size, dtype=torch.bool)
+    if group.param_producers:  # a tensor without a mask writes every unit
+        dead[:] = False
     for p in group.producers:
         d = dead_units(mods[p.fqn], p.fqn)
         dead &= torch.zeros_like(dead) if d is None else per_unit(p, d.cpu(), group.size).all(1)
@@ -63,7 +67,7 @@ def kept_units(model: nn.Module, group: Group) -> Tensor:
                     dead[sel] = False
     kept = (~dead).nonzero().flatten()
     if len(kept) == 0:
-        log.warning("every unit of the group of %s is pruned; keeping unit 0", group.producers[0].fqn)
+        log.warning("every unit of the group of %s is pruned; keeping unit 0", group.label)
         kept = torch.zeros(1, dtype=torch.long)
     return kept
 
@@ -72,9 +76,10 @@ def plan_for_groups(model: nn.Module, groups: list[Group], kept: dict[int, Tenso
     """Plan entries for ``kept[i]`` (units of ``groups[i]``); groups not in ``kept`` are left alone.
 
     A module axis fed by several groups (the consumer of a ``torch.cat``, a BatchNorm after it) gets one entry that
-    combines them at their offsets. A ``param`` member (a parameter or buffer) gets an entry on its path, axis
-    ``out``, whose ``size`` is the length of the tensor's dim ``member.dim`` (the last dim of that size, so
-    :func:`~prunekit.structure.plan.apply_plan_` slices that dim).
+    combines them at their offsets. A ``param`` member (a parameter or buffer) gets an entry on its path and axis
+    (``in`` for the input columns of a weight, else ``out``), whose ``size`` is the length of the tensor's dim
+    ``member.dim`` (the last dim of that size, so :func:`~prunekit.structure.plan.apply_plan_` slices that dim); the
+    two halves of a fused ``gate_up_proj`` (offsets 0 and I) share one entry of size 2I.
     """
     mods = dict(model.named_modules())
     keep: dict[tuple[str, Axis], Tensor] = {}
@@ -117,7 +122,7 @@ def plan_from_masks(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]
         if len(k) == g.size:
             continue
         if not g.prunable:
-            log.info("not removing %d masked units of %s: %s", g.size - len(k), g.producers[0].fqn, "; ".join(g.reasons))
+            log.info("not removing %d masked units of %s: %s", g.size - len(k), g.label, "; ".join(g.reasons))
             continue
         kept[i] = k
     return plan_for_groups(model, groups, kept)

@@ -29,7 +29,24 @@ features). Spaces are merged with a weighted union-find (:class:`_Spaces`):
   couples (``Member.dim``). A plan names that dim only implicitly, by the size (:func:`~prunekit.structure.
   handlers.tensor_dim`: the last dim of that size), so the space is frozen when the coupled dim is not that one,
   when the tensor is used anywhere in a way not mapped (a matmul, the model output, a broadcast over the channels),
-  belongs to a handled module, or is registered under two names.
+  belongs to a handled module, or is registered under two names;
+* a parameter used as the weight of a *functional* linear map, ``F.linear(x, W, b)`` or ``x @ W``, where ``W`` is a
+  view of the parameter ``P`` (``P`` itself, ``P.t()``, or ``P[e]``: the leading dim indexed by an integer or an
+  integer tensor, as fused mixture-of-experts layers store their experts, Mixtral's ``gate_up_proj`` (E, 2I, H)
+  and ``down_proj`` (E, H, I)) is a ``param`` member twice: the output rows of ``W`` start a new space like a
+  Linear's output units (``param_role="producer"``, ``dim``: the dim of ``P`` holding the rows), and the input
+  columns couple with ``x``'s channels (``param_role="consumer"``, ``dim``: the dim of ``P`` holding the columns);
+  a bias that is a view of another tensor is a ``param`` follower of the output. Every use of ``P`` must index the
+  same dims the same way (each expert of a data-dependent loop indexes ``P`` with its own ``e``; the recorded uses
+  merge into one group), and a dim indexed anywhere is never sliced. A plan names a ``param`` member by its path
+  and its axis (``in`` for a consumer, else ``out``); the dim is again the last one of the entry's size, so a
+  tensor with two coupled dims of equal size (``H == 2I`` for ``gate_up_proj``, ``H == I`` for ``down_proj``)
+  freezes one of them;
+* ``index_add`` along another dim merges its base and source like ``a + b``; ``zeros_like(x)`` (``ones_like``,
+  ``full_like``...) keeps ``x``'s channels like an element-wise op (its width is ``x``'s, so ``final =
+  zeros_like(h); final.index_add_(0, tokens, expert_out)`` couples ``h`` with the experts' output); a filled tensor
+  of explicit size (``torch.zeros(n, 6)``) is a constant; indexing another dim with an integer tensor
+  (``hidden[token_idx]``, a gather of tokens) keeps the channels.
 
 A space that reaches something we cannot map (model input or output, channel padding or slicing such as option-A
 ``ZeroPadShortcut``, reductions over channels, unknown functions or modules, a weight shared by two modules, a
@@ -42,6 +59,7 @@ is a list of :class:`Group`; the handler of each member's module type says which
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import operator
@@ -72,11 +90,18 @@ class Member:
     """One module or tensor in a group. ``producer``/``follower``: the module's ``out`` axis; ``consumer``: its
     ``in`` axis; ``param``: a parameter or buffer of the model (``fqn`` is its path, e.g.
     ``encoder.stages.0.layers.0.layer_scale_parameter``), used outside any handled module, whose dim ``dim`` (of
-    size ``tensor.shape[dim]``, always the last dim of that size) carries the units; its axis is called ``out``.
+    size ``tensor.shape[dim]``, always the last dim of that size) carries the units.
+
+    ``param_role`` (``param`` members only) is the part the tensor plays for the units, named like the module roles:
+    ``follower`` (the default: element-wise with the channels, a layer scale, a class token, position embeddings,
+    the bias of a functional linear), ``producer`` (the rows of the weight of a functional linear map: the units are
+    its outputs, e.g. Mixtral's ``gate_up_proj`` dim 1) or ``consumer`` (the weight's input columns, e.g.
+    ``down_proj`` dim 2). A ``param`` consumer's axis is ``in``, any other ``param`` member's is ``out``: the
+    axis only tells a tensor's two coupled dims apart in a plan (both are found by size, see the module docstring).
 
     Unit ``c`` of the group is index ``offset + c*block + j`` (``0 <= j < block``) of the member's axis: ``block > 1``
-    after a flatten of spatial dims, ``offset > 0`` when the group is not the first input of a ``torch.cat``.
-    ``dim`` is ``None`` for module members.
+    after a flatten of spatial dims, ``offset > 0`` when the group is not the first input of a ``torch.cat`` (or
+    the second half of a fused ``gate_up_proj``). ``dim`` and ``param_role`` are ``None`` for module members.
     """
 
     fqn: str
@@ -84,10 +109,18 @@ class Member:
     block: int = 1
     offset: int = 0
     dim: int | None = None
+    param_role: ModuleRole | None = None
 
     @property
     def axis(self) -> Literal["out", "in"]:
-        return "in" if self.role == "consumer" else "out"
+        return "in" if self.role == "consumer" or self.param_role == "consumer" else "out"
+
+    @property
+    def part(self) -> ModuleRole:
+        """The role the member plays for the units: a module's ``role``, or a ``param`` member's ``param_role``."""
+        if self.role == "param":
+            return self.param_role or "follower"
+        return self.role
 
 
 @dataclass(frozen=True)
@@ -100,16 +133,34 @@ class Group:
 
     @property
     def prunable(self) -> bool:
-        return not self.reasons and any(m.role == "producer" for m in self.members)
+        """Not frozen, and something produces the units: a module, or a parameter used as a weight's rows."""
+        return not self.reasons and any(m.part == "producer" for m in self.members)
 
     @property
     def producers(self) -> tuple[Member, ...]:
+        """Modules that produce the units (role ``producer``); parameters doing so are :attr:`param_producers`."""
         return tuple(m for m in self.members if m.role == "producer")
 
     @property
     def params(self) -> tuple[Member, ...]:
         """Members that are parameters or buffers (role ``param``), not modules."""
         return tuple(m for m in self.members if m.role == "param")
+
+    @property
+    def param_producers(self) -> tuple[Member, ...]:
+        """``param`` members whose rows produce the units (a fused expert weight's ``gate_up_proj``)."""
+        return tuple(m for m in self.members if m.role == "param" and m.param_role == "producer")
+
+    @property
+    def weight_params(self) -> tuple[Member, ...]:
+        """``param`` members used as a functional linear map's weight (producers and consumers), not followers."""
+        return tuple(m for m in self.members if m.role == "param" and m.param_role in ("producer", "consumer"))
+
+    @property
+    def label(self) -> str:
+        """The group's name in messages: its first producer (module, else parameter), else its first member."""
+        first = next(iter(self.producers + self.param_producers + self.members), None)
+        return first.fqn if first is not None else "<empty group>"
 
 
 # -- op tables -----------------------------------------------------------------------------------------------
@@ -127,6 +178,8 @@ _ELEMENTWISE_FUNCS: set[Any] = {
     torch.relu, F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.elu, F.mish,
     torch.sigmoid, torch.tanh, F.dropout, torch.nn.functional.dropout2d, torch.exp, torch.rsqrt, torch.sqrt,
     torch.neg, torch.abs, torch.erf, torch.square, torch.pow, torch.clamp, F.softplus, F.hardtanh, torch.where,
+    # filled with one value, but shaped like the operand: its channels keep their width (zeros_like(h).index_add_(...))
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
 }  # fmt: skip
 _SPATIAL_FUNCS: set[Any] = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -138,7 +191,7 @@ _BINARY_FUNCS: set[Any] = {operator.add, operator.sub, operator.mul, operator.tr
 _ELEMENTWISE_METHODS = {
     "relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "half", "bfloat16", "double", "to",
     "type_as", "neg", "pow", "exp", "sqrt", "rsqrt", "abs", "erf", "square", "clamp", "clamp_min", "masked_fill",
-    "type", "sin", "cos", "reciprocal",
+    "type", "sin", "cos", "reciprocal", "zero", "fill",  # zero_/fill_ as runtime recording writes them
 }  # fmt: skip
 _FIRST_OPERAND_METHODS = {"type_as", "to", "view_as", "reshape_as", "expand_as"}
 _BINARY_METHODS = {"add", "sub", "mul", "div"}
@@ -148,6 +201,7 @@ _SPLIT_FUNCS: set[Any] = {torch.split, torch.chunk}
 _SPLIT_METHODS = {"split", "chunk"}
 _REDUCTIONS = {"softmax", "log_softmax", "mean", "sum", "amax", "amin", "var", "std", "norm", "logsumexp", "prod"}
 _SHAPE_METHODS = {"size", "dim"}  # read a tensor, return no tensor
+_INDEX_ADD = "index_add"
 
 
 # -- union-find of channel spaces -------------------------------------------------------------------------------
@@ -236,7 +290,7 @@ class _Spaces:
         self.members[self.find(s)].append((s, m))
 
     def resolved_members(self, root: int) -> tuple[Member, ...]:
-        out = [Member(m.fqn, m.role, m.block * self.scale(node), m.offset, m.dim) for node, m in self.members[root]]
+        out = [dataclasses.replace(m, block=m.block * self.scale(node)) for node, m in self.members[root]]
         return tuple(dict.fromkeys(out))
 
 
@@ -259,10 +313,14 @@ class _Chan:
 @dataclass(frozen=True)
 class _PView:
     """A value that is a view of the model's parameter or buffer ``fqn``: dim ``i`` of the value holds dim
-    ``dims[i]`` of the tensor (``None``: a dim added by ``expand``/``unsqueeze``, along which the value repeats)."""
+    ``dims[i]`` of the tensor (``None``: a dim added by ``expand``/``unsqueeze``, along which the value repeats, or
+    the result dims of an integer-tensor index, whose entries are picked by data). ``indexed``: dims of the tensor
+    indexed by an integer or an index tensor on the way (``P[e]``); slicing such a dim would change what the
+    index picks, so it is never sliced."""
 
     fqn: str
     dims: tuple[int | None, ...]
+    indexed: frozenset[int] = frozenset()
 
 
 class _Tracer(fx.Tracer):
@@ -367,7 +425,10 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
     tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
     pview: dict[fx.Node, _PView] = {}  # values that are views of one of ``tensors``
     mapped: set[tuple[fx.Node, fx.Node]] = set()  # (user, view) uses that are understood: views, attachments, shape reads
-    tensor_spaces: dict[str, list[tuple[int, int]]] = {}  # tensor path -> (space, dim) it was attached to
+    tensor_spaces: dict[str, list[tuple[int, int, str]]] = {}  # tensor path -> (space, dim, axis) it was attached to
+    # (producer path, axis, offset, piece bounds) -> spaces of the pieces a split cut it into: a producer called
+    # again (an expert weight in a loop) is cut the same way and its pieces join the earlier ones
+    cuts: dict[tuple[str, str, int, tuple[tuple[int, int], ...]], list[int]] = {}
 
     def freeze(c: _Chan, why: str) -> None:
         for seg in c.segs:
@@ -408,33 +469,93 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             sp.freeze(s, reason)
         return _Chan((_Seg(s),), dim)
 
+    def attach_param(c: _Chan, fqn: str, j: int | None, part: ModuleRole, where: str) -> bool:
+        """Attach dim ``j`` of tensor ``fqn`` to every segment of ``c`` as a ``param`` member playing ``part``;
+        ``False`` (and ``c`` frozen) when ``j`` is not a dim of the channels' width or the plan rule
+        (:func:`tensor_dim`) would slice another dim of the tensor. A weight's rows or columns are attached to the
+        frozen group all the same, so that the group that the weight's units form is reported with its reason."""
+        t = tensors[fqn]
+        n = width(c)
+        if j is None or int(t.shape[j]) != n:
+            freeze(c, f"{where}: {fqn} {tuple(t.shape)} is repeated or gathered along the channel dim")
+            return False
+        r = tensor_dim(tuple(t.shape), n)
+        ok = r == j
+        if not ok:
+            freeze(
+                c,
+                f"{where}: {fqn} {tuple(t.shape)} varies along the channels on its dim {j}, but a plan of {n} units "
+                f"would slice its last dim of size {n} (dim {r})",
+            )
+            if part == "follower":
+                return False
+        off = 0
+        for seg in c.segs:
+            m = Member(fqn, "param", seg.block, off, j, part)
+            attach(seg.space, m)
+            tensor_spaces.setdefault(fqn, []).append((seg.space, j, m.axis))
+            root, block = sp.eff(seg)
+            off += sp.size[root] * block
+        return ok
+
     def attach_tensor(node: fx.Node, a: fx.Node, k: int, where: str) -> None:
-        """Make the tensor that ``a`` views a ``param`` member of ``node``'s channels; ``k``: the dim of ``a`` aligned
-        with them. Frozen when the plan rule (:func:`tensor_dim`) would slice another dim of the tensor."""
+        """Make the tensor that ``a`` views a ``param`` follower of ``node``'s channels; ``k``: the dim of ``a``
+        aligned with them. Frozen when the plan rule (:func:`tensor_dim`) would slice another dim of the tensor."""
         c, pv, a_shape = chan.get(node), pview[a], _shape(a) or ()
         if c is None:  # the channels did not line up: frozen already
             return
-        t = tensors[pv.fqn]
-        j = pv.dims[k]
-        n = width(c)
-        if j is None or int(t.shape[j]) != n or a_shape[k] != n:
-            freeze(c, f"{where}: {pv.fqn} {tuple(t.shape)} is repeated along the channel dim")
+        if a_shape[k] != width(c):
+            freeze(c, f"{where}: {pv.fqn} {tuple(tensors[pv.fqn].shape)} is repeated along the channel dim")
             return
-        r = tensor_dim(tuple(t.shape), n)
-        if r != j:
-            freeze(
-                c,
-                f"{where}: {pv.fqn} {tuple(t.shape)} varies along the channels on its dim {j}, but a plan of {n} units "
-                f"would slice its last dim of size {n} (dim {r})",
-            )
-            return
-        mapped.add((node, a))
-        off = 0
-        for seg in c.segs:
-            attach(seg.space, Member(pv.fqn, "param", seg.block, off, j))
-            tensor_spaces.setdefault(pv.fqn, []).append((seg.space, j))
-            root, block = sp.eff(seg)
-            off += sp.size[root] * block
+        if attach_param(c, pv.fqn, pv.dims[k], "follower", where):
+            mapped.add((node, a))
+
+    def param_linear(node: fx.Node, x: Any, w: fx.Node, b: Any, rows: int, cols: int, shape: tuple[int, ...]) -> None:
+        """``F.linear(x, W, b)`` (``rows=0, cols=1``) or ``x @ W`` (``rows=1, cols=0``) with ``W`` a 2-D view of a
+        parameter ``P``: ``y[..., r] = sum_k x[..., k] W[r, k] + b[r]``. The result's last dim is a new space whose
+        producer is ``P`` along the dim holding ``W``'s rows; ``x``'s channels (its last dim) are consumed by ``P``
+        along the dim holding ``W``'s columns; ``b`` (a view of a tensor) follows the result."""
+        pv, ws = pview[w], _shape(w) or ()
+        where = f"{_where(node)} ({getattr(node.target, '__name__', node.target)} with weight {pv.fqn})"
+        cx = chan.get(x) if isinstance(x, fx.Node) else None
+        if cx is not None:
+            xs = _shape(x) or ()
+            if cx.dim != len(xs) - 1 or width(cx) != ws[cols]:
+                freeze(cx, f"{where}: consumes channel dim {cx.dim} in a layout not understood")
+            else:
+                attach_param(cx, pv.fqn, pv.dims[cols], "consumer", where)
+        c = fresh(ws[rows], len(shape) - 1)
+        chan[node] = c
+        mapped.add((node, w))
+        attach_param(c, pv.fqn, pv.dims[rows], "producer", where)
+        if isinstance(b, fx.Node):
+            if b in pview and len(_shape(b) or ()) == 1:
+                attach_tensor(node, b, 0, where)
+            else:
+                freeze(c, f"{where}: the bias is not a parameter or buffer")
+
+    def recut(m: Member, node_id: int, bounds: list[tuple[int, int]], blk: int, dim: int) -> list[_Chan | None]:
+        """Cut the space of producer ``m`` (the only member of the split value) into one space per piece, each with
+        the producer as a member at the piece's offset (GPT-2's ``c_attn``, a fused expert ``gate_up_proj``)."""
+        mblk = m.block * sp.scale(node_id)
+        role_space.pop((m.fqn, m.axis, m.offset), None)
+        key = (m.fqn, m.axis, m.offset, tuple(bounds))
+        before = cuts.get(key)
+        out: list[_Chan | None] = []
+        spaces = []
+        for i, (a, b) in enumerate(bounds):
+            s = sp.new((b - a) // blk)
+            piece = dataclasses.replace(m, block=mblk, offset=m.offset + (a // blk) * mblk)
+            sp.add(s, piece)
+            if m.role == "param":
+                assert m.dim is not None
+                tensor_spaces.setdefault(m.fqn, []).append((s, m.dim, m.axis))
+            if before is not None:
+                s = sp.union(before[i], s, f"{m.fqn} called more than once")
+            spaces.append(s)
+            out.append(_Chan((_Seg(s, blk),), dim))
+        cuts[key] = spaces
+        return out
 
     for node in graph.nodes:
         shape = _shape(node)
@@ -529,7 +650,7 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             continue
         if (is_fn and t in _SPLIT_FUNCS) or (not is_fn and t in _SPLIT_METHODS):
             if cx is not None:
-                pieces[node] = _split(node, cx, x, role_space, sp, freeze_inputs)
+                pieces[node] = _split(node, cx, x, recut, sp, freeze_inputs)
             continue
         if is_fn and t is F.multi_head_attention_forward:  # nn.MultiheadAttention's fused call (runtime recording)
             freeze_inputs(node, _mha_reason(_mha_fqn(node)))
@@ -546,12 +667,36 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
         if x is not None and len(ins) > 1 and not is_fn and t in _FIRST_OPERAND_METHODS:
             mapped.update((node, a) for a in ins[1:] if a in pview)  # read for its dtype or shape only
             ins = [x]  # type_as(other), view_as(other)...: the other tensor gives only a dtype or shape
-        if x in pview and len(ins) == 1:
+        indexes_view = (  # P[e], P[idx]: the other tensor inputs are the indices
+            is_fn and t is operator.getitem and node.args[0] is x and not any(a in chan or a in pview for a in ins[1:])
+        )
+        if x in pview and (len(ins) == 1 or indexes_view):
             v = _view_of(node, pview[x], x, shape)
             if v is not None:
                 pview[node] = v
                 mapped.add((node, x))
                 continue
+        # a raw 2-D weight: only when the input's channels, if any, are the contracted last dim (channels on
+        # another dim, e.g. attention heads, pass through the generic matmul rule and leave the weight unmapped)
+        if is_fn and t is F.linear:
+            w, b = _dims_arg(node, 1, "weight"), _dims_arg(node, 2, "bias")
+            if w in pview and len(_shape(w) or ()) == 2 and x is node.args[0] and x not in pview and _last(cx, x):
+                param_linear(node, x, w, b, 0, 1, shape)
+                continue
+        w = ins[1] if name == "matmul" and len(ins) == 2 else None
+        if w in pview and len(_shape(w) or ()) == 2 and x not in pview and _last(cx, x):
+            param_linear(node, x, w, None, 1, 0, shape)
+            continue
+        if name == _INDEX_ADD:
+            base, src, dim = node.args[0], _dims_arg(node, 3, "source"), _dims_arg(node, 1, "dim")
+            if not (isinstance(base, fx.Node) and isinstance(src, fx.Node) and isinstance(dim, int)):
+                freeze_inputs(node, "index_add arguments not understood")
+            elif any(c is not None and c.dim == dim % len(shape) for c in (chan.get(base), chan.get(src))):
+                freeze_inputs(node, "index_add along the channel dim")
+            else:  # base[index[i]] += source[i] along another dim: entry-wise in the channels, like base + source
+                for a, k in _binary(node, [base, src], shape, chan, sp, name, pview.__contains__):
+                    attach_tensor(node, a, k, f"{_where(node)} ({name})")
+            continue
         if not is_fn and t in ("view_as", "reshape_as", "expand_as") and cx is not None:
             (_reshape if t != "expand_as" else _expand)(node, cx, x, shape, chan, sp)
             continue
@@ -661,16 +806,19 @@ def _check_ties(
 def _check_tensors(
     model: nn.Module,
     tensors: Mapping[str, Tensor],
-    tensor_spaces: Mapping[str, list[tuple[int, int]]],
+    tensor_spaces: Mapping[str, list[tuple[int, int, str]]],
     pview: Mapping[fx.Node, _PView],
     mapped: set[tuple[fx.Node, fx.Node]],
     sp: _Spaces,
 ) -> None:
     """Freeze the spaces of a ``param`` member that slicing would break elsewhere.
 
-    A tensor is sliced once, along one dim, for every use: each use of it (or of a view of it) must be one of the
-    attachments, a view, or a shape read. It must also be registered under one name and not belong to a module
-    with a handler (that module's handler slices its tensors), and every attachment must couple the same dim.
+    A tensor is sliced once per plan axis, along one dim, for every use: each use of it (or of a view of it) must
+    be one of the attachments, a view, or a shape read. It must also be registered under one name and not belong
+    to a module with a handler (that module's handler slices its tensors); the attachments on one axis must couple
+    the same dim, the two axes (a functional linear's rows and columns) different dims, and no view may index a
+    coupled dim with an integer or an index tensor (``P[e]`` indexes dim 0: slicing it would change what ``e``
+    picks; those spaces alone freeze).
     """
     handled: dict[int, str] = {}
     for fqn, m in model.named_modules():
@@ -678,7 +826,9 @@ def _check_tensors(
             for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
                 handled.setdefault(id(t), f"{fqn or '<root>'} ({module_type_name(m)})")
     unmapped: dict[str, str] = {}
+    indexed: dict[str, set[int]] = {}
     for n, pv in pview.items():
+        indexed.setdefault(pv.fqn, set()).update(pv.indexed)
         for u in n.users:
             if (u, n) not in mapped and pv.fqn not in unmapped:
                 op = getattr(u.target, "__name__", str(u.target))
@@ -693,12 +843,17 @@ def _check_tensors(
             why.append(f"{path} belongs to {handled[id(t)]}, whose handler slices it")
         if path in unmapped:
             why.append(f"{path} is also used by {unmapped[path]}, which is not mapped to channels")
-        dims = sorted({d for _, d in spaces})
-        if len(dims) > 1:
-            why.append(f"{path} {tuple(t.shape)} would be sliced along dims {dims}")
-        for s, _ in spaces:
+        by_axis = {a: sorted({d for _, d, ax in spaces if ax == a}) for a in ("out", "in")}
+        for a, dims in by_axis.items():
+            if len(dims) > 1:
+                why.append(f"{path} {tuple(t.shape)} would be sliced along dims {dims} for its {a} axis")
+        if set(by_axis["out"]) & set(by_axis["in"]):
+            why.append(f"{path} {tuple(t.shape)} couples dim {sorted(set(by_axis['out']) & set(by_axis['in']))} twice")
+        for s, d, _ in spaces:
             for w in why:
                 sp.freeze(s, w)
+            if d in indexed.get(path, ()):
+                sp.freeze(s, f"{path} {tuple(t.shape)} is indexed along its dim {d}, which slicing would shift")
 
 
 def _view_of(node: fx.Node, pv: _PView, x: fx.Node, shape: tuple[int, ...]) -> _PView | None:
@@ -720,50 +875,37 @@ def _view_of(node: fx.Node, pv: _PView, x: fx.Node, shape: tuple[int, ...]) -> _
     if name in ("expand", "expand_as", "broadcast_to"):
         extra = len(shape) - len(in_shape)
         ok = extra >= 0 and all(a in (b, 1) for a, b in zip(in_shape, shape[extra:]))
-        return _PView(pv.fqn, (None,) * extra + pv.dims) if ok else None
+        return dataclasses.replace(pv, dims=(None,) * extra + pv.dims) if ok else None
     if name in ("view", "reshape", "flatten", "unsqueeze", "squeeze", "view_as", "reshape_as"):
         kept = [d for d, n in enumerate(in_shape) if n != 1]
         if [in_shape[d] for d in kept] != [n for n in shape if n != 1]:
             return None
         it = iter(kept)
-        return _PView(pv.fqn, tuple(pv.dims[next(it)] if n != 1 else None for n in shape))
+        return dataclasses.replace(pv, dims=tuple(pv.dims[next(it)] if n != 1 else None for n in shape))
     nd = len(in_shape)
     try:
         if name == "permute":
             dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
             perm = [int(cast(int, v)) % nd for v in cast(Sequence[Any], dims)]
-            return _PView(pv.fqn, tuple(pv.dims[d] for d in perm)) if sorted(perm) == list(range(nd)) else None
+            return dataclasses.replace(pv, dims=tuple(pv.dims[d] for d in perm)) if sorted(perm) == list(range(nd)) else None
         if name in ("transpose", "swapaxes", "swapdims", "t"):
             a, b = (0, 1) if name == "t" else (int(_dims_arg(node, 1, "dim0")) % nd, int(_dims_arg(node, 2, "dim1")) % nd)
             dims_ = list(pv.dims)
             if nd >= 2:
                 dims_[a], dims_[b] = dims_[b], dims_[a]
-            return _PView(pv.fqn, tuple(dims_))
+            return dataclasses.replace(pv, dims=tuple(dims_))
     except (TypeError, ValueError, IndexError):
         return None
-    if is_fn and t is operator.getitem:
-        idx = node.args[1]
-        items = idx if isinstance(idx, tuple) else (idx,)
-        out: list[int | None] = []
-        d = 0
-        for i, it in enumerate(items):
-            if it is None:
-                out.append(None)
-            elif it is Ellipsis:
-                k = nd - sum(1 for v in items if v is not None and v is not Ellipsis)
-                if k < 0 or any(v is Ellipsis for v in items[i + 1 :]):
-                    return None
-                out += pv.dims[d : d + k]
-                d += k
-            elif isinstance(it, slice) and it.start in (None, 0) and it.step in (None, 1):
-                if d >= nd or not (it.stop is None or (isinstance(it.stop, int) and it.stop >= in_shape[d])):
-                    return None
-                out.append(pv.dims[d])
-                d += 1
-            else:
-                return None
-        out += pv.dims[d:]
-        return _PView(pv.fqn, tuple(out)) if len(out) == len(shape) else None
+    if is_fn and t is operator.getitem:  # full slices, None, ints and index tensors (P[e]: an expert's weight)
+        layout = _index_layout(node, in_shape, shape)
+        if layout is None or layout[1]:
+            return None
+        src, _, indexed = layout
+        return _PView(
+            pv.fqn,
+            tuple(pv.dims[d] if d is not None else None for d in src),
+            pv.indexed | {j for d in indexed if (j := pv.dims[d]) is not None},
+        )
     return None
 
 
@@ -779,6 +921,11 @@ def _mha_fqn(node: fx.Node) -> str:
 
 def _mha_reason(fqn: str) -> str:
     return f"nn.MultiheadAttention {fqn!r} computes all heads in one fused call; {SPLIT_ADVICE}"
+
+
+def _last(c: _Chan | None, x: fx.Node | None) -> bool:
+    """No channels, or channels on the last dim of ``x``."""
+    return c is None or c.dim == len(_shape(x) or ()) - 1
 
 
 def _where(node: fx.Node) -> str:
@@ -929,52 +1076,120 @@ def _reduce(
     chan[node] = _Chan(cx.segs, cx.dim if keep else cx.dim - sum(v < cx.dim for v in dims))
 
 
-def _index(node: fx.Node, cx: _Chan, x: fx.Node | None, chan: dict[fx.Node, _Chan], freeze_inputs: Callable[..., None]) -> None:
-    """Basic indexing (ints, slices, None, ...) that leaves the channel dim whole keeps it (at its new position)."""
-    in_shape = _shape(x) or ()
+def _index_layout(
+    node: fx.Node, in_shape: tuple[int, ...], shape: tuple[int, ...] | None
+) -> tuple[list[int | None], set[int], set[int]] | None:
+    """How ``x[idx]`` (``node``) maps dims, for basic indexing (ints, slices, ``None``, ``...``) and integer or
+    boolean index tensors (PyTorch's advanced indexing: with an index tensor, integers index alongside it; the
+    advanced result dims replace the indexed dims where those are adjacent, else they come first).
+
+    Returns ``(src, partial, indexed)``: ``src[i]`` is the input dim kept whole or sliced as output dim ``i``
+    (``None``: a new dim, or a dim of the advanced result), ``partial`` the kept dims sliced to a part, ``indexed``
+    the input dims consumed by ints or index tensors. ``None`` when the index is not understood or the result
+    shape disagrees.
+    """
     idx = node.args[1]
-    items = idx if isinstance(idx, tuple) else (idx,)
-    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
-    in_d = out_d = 0
-    new: int | None = None
-    for it in items:
-        if it is Ellipsis:
-            k = len(in_shape) - consumed
-            if in_d <= cx.dim < in_d + k:
-                new = out_d + cx.dim - in_d
-            in_d, out_d = in_d + k, out_d + k
-            continue
+    raw = list(idx) if isinstance(idx, (tuple, list)) and not isinstance(idx, fx.Node) else [idx]
+    if isinstance(idx, list):  # x[[0, 2]]: a list index is one advanced index
+        return None
+    items: list[tuple[str, Any, int, int]] = []  # (kind, item, input dims consumed, advanced result dims)
+    for it in raw:
         if it is None:
-            out_d += 1
-            continue
-        if isinstance(it, slice) and all(v is None or isinstance(v, int) for v in (it.start, it.stop, it.step)):
-            full = it.start in (None, 0) and it.step in (None, 1) and (it.stop is None or it.stop >= in_shape[in_d])
-            if in_d == cx.dim:
-                if not full:
-                    freeze_inputs(node, "slices the channel dim")
-                    return
-                new = out_d
-            in_d, out_d = in_d + 1, out_d + 1
-        elif isinstance(it, int) and in_d != cx.dim:
-            in_d += 1
+            items.append(("new", it, 0, 0))
+        elif it is Ellipsis:
+            items.append(("ellipsis", it, 0, 0))
+        elif isinstance(it, bool):
+            return None
+        elif isinstance(it, int):
+            items.append(("int", it, 1, 0))
+        elif isinstance(it, slice):
+            if not all(v is None or isinstance(v, int) for v in (it.start, it.stop, it.step)):
+                return None
+            items.append(("slice", it, 1, 0))
+        elif isinstance(it, fx.Node):
+            meta = it.meta.get("tensor_meta")
+            dtype, nd_i = getattr(meta, "dtype", None), len(getattr(meta, "shape", None) or ())
+            if meta is None or dtype is None:
+                return None
+            if dtype == torch.bool:
+                items.append(("tensor", it, nd_i, 1))
+            elif not dtype.is_floating_point and not dtype.is_complex:
+                items.append(("tensor", it, 1, nd_i))
+            else:
+                return None
         else:
-            freeze_inputs(node, "indexes the channel dim or uses advanced indexing")
-            return
-    chan[node] = _Chan(cx.segs, new if new is not None else out_d + cx.dim - in_d)
+            return None
+    if sum(k == "ellipsis" for k, *_ in items) > 1:
+        return None
+    rest = len(in_shape) - sum(c for _, _, c, _ in items)
+    if rest < 0:
+        return None
+    expanded: list[tuple[str, Any, int, int]] = []
+    for item in items:
+        expanded += [("slice", slice(None), 1, 0)] * rest if item[0] == "ellipsis" else [item]
+    if not any(k == "ellipsis" for k, *_ in items):
+        expanded += [("slice", slice(None), 1, 0)] * rest
+    advanced = any(k == "tensor" for k, *_ in expanded)
+    adv_pos = [i for i, (k, *_) in enumerate(expanded) if k == "tensor" or (advanced and k == "int")]
+    adv_nd = max((a for k, _, _, a in expanded if k == "tensor"), default=0)
+    adjacent = not adv_pos or adv_pos == list(range(adv_pos[0], adv_pos[-1] + 1))
+    src: list[int | None] = []
+    partial: set[int] = set()
+    indexed: set[int] = set()
+    d = 0
+    for i, (kind, it, consumed, _) in enumerate(expanded):
+        if kind == "new":
+            src.append(None)
+        elif kind == "slice":
+            full = it.start in (None, 0) and it.step in (None, 1) and (it.stop is None or it.stop >= in_shape[d])
+            if not full:
+                partial.add(d)
+            src.append(d)
+        else:  # an int, or an index tensor: consumed
+            indexed.update(range(d, d + consumed))
+            if advanced and adjacent and i == adv_pos[0]:
+                src += [None] * adv_nd
+        d += consumed
+    if advanced and not adjacent:
+        src = [cast(int | None, None)] * adv_nd + src
+    if (
+        shape is None
+        or len(src) != len(shape)
+        or any(s is not None and s not in partial and shape[o] != in_shape[s] for o, s in enumerate(src))
+    ):
+        return None
+    return src, partial, indexed
+
+
+def _index(node: fx.Node, cx: _Chan, x: fx.Node | None, chan: dict[fx.Node, _Chan], freeze_inputs: Callable[..., None]) -> None:
+    """Indexing (ints, slices, None, ..., index tensors) that leaves the channel dim whole keeps it (at its new
+    position): ``hidden[token_idx]`` gathers tokens and keeps the channels."""
+    layout = _index_layout(node, _shape(x) or (), _shape(node))
+    if layout is None:
+        freeze_inputs(node, "indexing not understood")
+        return
+    src, partial, indexed = layout
+    if cx.dim in indexed:
+        freeze_inputs(node, "indexes the channel dim or uses advanced indexing")
+        return
+    if cx.dim in partial:
+        freeze_inputs(node, "slices the channel dim")
+        return
+    chan[node] = _Chan(cx.segs, src.index(cx.dim))
 
 
 def _split(
     node: fx.Node,
     cx: _Chan,
     x: fx.Node | None,
-    role_space: dict[tuple[str, str, int], int],
+    recut: Callable[[Member, int, list[tuple[int, int]], int, int], list[_Chan | None]],
     sp: _Spaces,
     freeze_inputs: Callable[..., None],
 ) -> list[_Chan | None]:
     """split / chunk. Along another dim every piece keeps the channels. Along the channel dim a piece must be whole
     segments (undoing a ``torch.cat``), or the split value must come straight from one producer used nowhere else
-    (GPT-2's fused ``c_attn`` -> q, k, v): its space is then re-cut into one space per piece, each with the
-    producer as a member at the piece's offset."""
+    (GPT-2's fused ``c_attn`` -> q, k, v; a fused expert weight ``gate_up_proj[e]`` -> gate, up): its space is
+    then re-cut into one space per piece (``recut``), each with the producer as a member at the piece's offset."""
     in_shape = _shape(x) or ()
     nd = len(in_shape)
     name = getattr(node.target, "__name__", str(node.target))
@@ -995,7 +1210,6 @@ def _split(
         return [cx for _ in widths]
     # channel dim: whole segments?
     bounds: list[tuple[int, int]] = []
-    out: list[_Chan | None] = []
     pos = 0
     seg_ends, acc = [], 0
     for seg in cx.segs:
@@ -1014,19 +1228,13 @@ def _split(
         len(cx.segs) == 1
         and len(x.users) == 1  # type: ignore[union-attr]
         and len(mem) == 1
-        and mem[0][1].role == "producer"
+        and mem[0][1].part == "producer"
         and not sp.reasons[root]
         and all(a % blk == 0 and b % blk == 0 for a, b in bounds)
     ):
         node_id, m = mem[0]
-        mblk = m.block * sp.scale(node_id)
         sp.members[root] = []
-        role_space.pop((m.fqn, m.axis, m.offset), None)
-        for a, b in bounds:
-            s = sp.new((b - a) // blk)
-            sp.add(s, Member(m.fqn, "producer", mblk, m.offset + (a // blk) * mblk))
-            out.append(_Chan((_Seg(s, blk),), cx.dim))
-        return out
+        return recut(m, node_id, bounds, blk, cx.dim)
     freeze_inputs(node, f"{name} cuts channel segments")
     return [None for _ in widths]
 

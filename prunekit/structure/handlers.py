@@ -123,8 +123,10 @@ def handler_for(module: nn.Module, fqn: str = "") -> AbstractHandler:
 def tensor_dim(shape: Sequence[int], size: int) -> int | None:
     """The dim of a parameter/buffer of ``shape`` that a plan entry of ``size`` units slices: the *last* dim of that
     size (layer scale (C,) -> 0; class token (1, 1, D) -> 2; position embeddings (1, N, D) -> 2; a conv scale
-    (C, 1, 1) -> 0); ``None`` if no dim has that size. The dependency graph only makes a tensor a group member when
-    the dim it couples is the one this rule picks, so a plan needs no extra field to be replayed."""
+    (C, 1, 1) -> 0; a fused expert weight ``gate_up_proj`` (E, 2I, H): 2I -> 1, H -> 2, ``down_proj`` (E, H, I):
+    H -> 1, I -> 2 when the sizes differ); ``None`` if no dim has that size. The dependency graph only makes a
+    tensor a group member when the dim it couples is the one this rule picks, so a plan needs no extra field to be
+    replayed (with ``H == 2I`` the intermediate units of ``gate_up_proj`` stay frozen)."""
     dims = [d for d, n in enumerate(shape) if n == size]
     return dims[-1] if dims else None
 
@@ -503,4 +505,47 @@ def sync_attention_attributes_(model: nn.Module) -> list[str]:
         if k is not None:
             put(m, fqn, "num_key_value_heads", k // hd)
         put(m, fqn, "all_head_size", q)
+    return changed
+
+
+# -- fused mixture-of-experts modules: widths follow the sliced weights ----------------------------------------
+
+
+def sync_expert_attributes_(model: nn.Module) -> list[str]:
+    """After a plan sliced fused expert weights (``param`` members, see :mod:`prunekit.structure.graph`), set the
+    widths mixture-of-experts modules keep as integer attributes; returns ``path.attr=value`` for each change.
+
+    Hugging Face's fused experts (``MixtralExperts``: ``gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I); with
+    ``is_transposed``: (E, H, 2I), (E, I, H)) keep ``intermediate_dim`` and ``hidden_dim``; the router
+    (``MixtralTopKRouter``: ``weight`` (E, H)) keeps ``hidden_dim``, which its forward reads
+    (``hidden.reshape(-1, self.hidden_dim)``). For every module without a handler that has an integer ``num_experts``:
+
+    * with a 3-D ``down_proj`` of ``num_experts`` experts: ``intermediate_dim``/``intermediate_size`` become its
+      input width (dim 2, or dim 1 if ``is_transposed``) and ``hidden_dim``/``hidden_size`` its output width;
+    * else, with a 2-D ``weight`` of ``num_experts`` rows (a router): ``hidden_dim``/``hidden_size`` become its
+      column count.
+
+    Only attributes that are already integers change. The model's config keeps the original sizes: it describes
+    the architecture a plan is replayed on.
+    """
+    changed: list[str] = []
+
+    def put(m: nn.Module, fqn: str, attrs: tuple[str, ...], value: int) -> None:
+        for attr in attrs:
+            old = getattr(m, attr, None)
+            if isinstance(old, int) and not isinstance(old, bool) and old != value:
+                setattr(m, attr, value)
+                changed.append(f"{fqn}.{attr}={value}")
+
+    for fqn, m in model.named_modules():
+        e = getattr(m, "num_experts", None)
+        if handler_for_or_none(m) is not None or not isinstance(e, int):
+            continue
+        down, w = m._parameters.get("down_proj"), m._parameters.get("weight")
+        if isinstance(down, Tensor) and down.dim() == 3 and down.shape[0] == e:
+            hidden, inter = (down.shape[2], down.shape[1]) if getattr(m, "is_transposed", False) else down.shape[1:]
+            put(m, fqn, ("intermediate_dim", "intermediate_size"), int(inter))
+            put(m, fqn, ("hidden_dim", "hidden_size"), int(hidden))
+        elif isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] == e:
+            put(m, fqn, ("hidden_dim", "hidden_size"), int(w.shape[1]))
     return changed

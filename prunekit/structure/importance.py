@@ -15,9 +15,21 @@ followers' channels, consumers' input units). Its units are scored from **any** 
 4. Group score ``G(c) = R_m n_m(u_m)(c)`` with ``R`` = ``sum``, ``mean`` or ``max`` over members. A member whose
    unit scores are all equal carries no ranking information (an output-unit criterion such as APoZ, spread over a
    consumer's rows, is constant across its input units) and is left out of ``R`` when another member is not.
-   ``param`` members (a layer scale, a class token, position embeddings: tensors sliced with the group, not
+   ``param`` followers (a layer scale, a class token, position embeddings: tensors sliced with the group, not
    modules) are never scored, whatever ``roles`` says: scorers rate module weights (activation criteria hook
    modules), so a group is ranked by its modules.
+5. ``param`` producers and consumers (a tensor used as the weight of a functional linear map, e.g. the fused
+   expert weights of a mixture-of-experts layer, Mixtral of Experts, Jiang et al. 2024:
+   ``y = sum_{i in top-k(x)} G(x)_i * SwiGLU_i(x)``, ``SwiGLU_i(x) = W2_i (silu(W1_i x) * W3_i x)``, stored as
+   ``gate_up_proj[i] = [W1_i; W3_i]`` (E, 2I, H) and ``down_proj[i] = W2_i`` (E, H, I)) are scored, when their
+   role is in ``roles``, by a magnitude criterion whatever the scorer: the L2 norm of the unit's slice across all
+   other dims, ``u_m(c) = sqrt(sum_{j < block} sum_{i != dim} T[..., offset + c*block + j, ...]^2)`` (the
+   ``dim`` of the unit; for the intermediate unit ``c`` of the experts, the gate row, the up row and the
+   ``down_proj`` column of *every* expert: the tensor is fused, so a unit goes from all experts at once, the
+   usual constraint of fused MoE layouts). The scorer cannot rate them: it scores module weights, and activation
+   criteria hook modules, which do not see one expert's rows. In a group that also has module members (the
+   residual stream through the experts) those L2 scores are combined with the scorer's, so use a normalisation
+   other than ``none`` there.
 
 Allocation decides how many units each group loses; the lowest-scoring ones go (ties: lower index first):
 
@@ -56,7 +68,7 @@ from prunekit.scoring.magnitude import Magnitude
 from prunekit.structure.attention import attention_split, needed_splits
 from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.graph import Group, Member, ModuleRole, build_groups
-from prunekit.structure.handlers import handler_for
+from prunekit.structure.handlers import handler_for, model_tensor
 from prunekit.structure.plan import PrunePlan
 
 log = logging.getLogger(__name__)
@@ -65,7 +77,8 @@ Reduction = Literal["sum", "mean", "max"]
 Normalization = Literal["none", "mean", "max", "l2"]
 REDUCTIONS: tuple[Reduction, ...] = ("sum", "mean", "max")
 NORMALIZATIONS: tuple[Normalization, ...] = ("none", "mean", "max", "l2")
-ROLES: tuple[ModuleRole, ...] = ("producer", "follower", "consumer")  # "param" members are sliced, never scored
+# roles of modules and of "param" members (Member.part); param followers are sliced, never scored
+ROLES: tuple[ModuleRole, ...] = ("producer", "follower", "consumer")
 CONFIG_VERSION = 1
 
 
@@ -173,6 +186,10 @@ class StructuredConfig:
     matches ``types`` (so a transformer's residual stream, produced by an ``Embedding`` too, stays unless
     ``Embedding`` is listed), *some* producer's fqn matches ``include`` (when given), and *no* producer matches
     ``exclude``. ``Conv1D`` is Hugging Face's linear layer of GPT-2 (``torch.nn.Conv1d`` is ``Conv1d``).
+    A parameter that produces a group's units (the rows of a fused expert weight, ``param_role="producer"``) is a
+    producer too: its type is the class name of the module that owns it (``MixtralExperts`` for
+    ``model.layers.0.mlp.experts.gate_up_proj``, not in the default ``types``: list it to prune the experts'
+    intermediate units) and its fqn is the tensor's path.
     """
 
     ratio: float = field(default=0.5, metadata=_help("fraction of units removed, in [0, 1) (per group or overall)"))
@@ -215,12 +232,18 @@ class StructuredConfig:
         """Whether ``group`` is eligible (see the class docstring)."""
         if not group.prunable:
             return False
-        prods = group.producers
+        prods = group.producers + group.param_producers
         if any(fnmatch.fnmatchcase(p.fqn, g) for p in prods for g in self.exclude):
             return False
-        if not all(any(fnmatch.fnmatchcase(module_type_name(model_modules[p.fqn]), t) for t in self.types) for p in prods):
+        if not all(any(fnmatch.fnmatchcase(_producer_type(model_modules, p), t) for t in self.types) for p in prods):
             return False
         return not self.include or any(fnmatch.fnmatchcase(p.fqn, g) for p in prods for g in self.include)
+
+
+def _producer_type(model_modules: Mapping[str, nn.Module], p: Member) -> str:
+    """A producer's class name; for a ``param`` producer, the class of the module that owns the tensor."""
+    owner = model_modules[p.fqn.rpartition(".")[0] if p.role == "param" else p.fqn]
+    return module_type_name(owner)
 
 
 def config_from_dict(data: Any) -> StructuredConfig:
@@ -326,8 +349,24 @@ def combine_members(unit_scores: Sequence[Tensor], normalize: Normalization, red
 
 
 def _scored_members(group: Group, config: StructuredConfig, mods: Mapping[str, nn.Module]) -> list[Member]:
-    """Members of the configured roles that have a weight; ``param`` members (tensors, not modules) never are."""
+    """Module members of the configured roles that have a weight (``param`` members: :func:`_scored_params`)."""
     return [m for m in group.members if m.role != "param" and m.role in config.roles and _weight(mods[m.fqn]) is not None]
+
+
+def _scored_params(group: Group, config: StructuredConfig) -> list[Member]:
+    """``param`` producers and consumers of the configured roles (followers never are: module docstring)."""
+    return [m for m in group.weight_params if m.part in config.roles]
+
+
+def param_unit_scores(tensor: Tensor, member: Member, size: int) -> Tensor:
+    """Magnitude score of a ``param`` member's units, shape (size,): the L2 norm of each unit's slice of ``tensor``
+    along ``member.dim``, across all other dims, ``u(c) = sqrt(sum_{j < block} sum T[..., offset + c*block + j,
+    ...]^2)`` (for a fused expert weight: across every expert)."""
+    if member.dim is None:
+        raise ConfigError("structure", member.fqn, "a param member without a dim cannot be scored")
+    t = tensor.detach().float().cpu()
+    per_axis = t.movedim(member.dim, 0).reshape(t.shape[member.dim], -1).pow(2).sum(1)
+    return member_unit_scores(member, size, per_axis).sqrt()
 
 
 def group_scores(
@@ -342,23 +381,25 @@ def group_scores(
     mods = dict(model.named_modules())
     chosen = [i for i, g in enumerate(groups) if config.selects(mods, g)]
     members = {i: _scored_members(groups[i], config, mods) for i in chosen}
+    params = {i: _scored_params(groups[i], config) for i in chosen}
     fqns = list(dict.fromkeys(m.fqn for ms in members.values() for m in ms))
-    if not fqns:
-        return {}
-    targets = [Target(f, "weight", mods[f]) for f in fqns]
-    ctx = ctx if ctx is not None else ScoreContext(model)
-    scorer = config.scorer
-    scorer.check_context(ctx)
-    stats = scorer.collect(ctx, targets)
-    needed: dict[str, set[Literal["out", "in"]]] = {}
-    for ms in members.values():
-        for m in ms:
-            needed.setdefault(m.fqn, set()).add(m.axis)
     axes: dict[tuple[str, str], Tensor | None] = {}
-    for t in targets:  # one weight's element scores at a time: reduced to its axes at once
-        elem = scorer.score(t, stats, ctx).detach().float().cpu()
-        for axis in needed[t.fqn]:
-            axes[(t.fqn, axis)] = axis_scores(t.module, t.fqn, axis, elem)
+    if fqns:
+        targets = [Target(f, "weight", mods[f]) for f in fqns]
+        ctx = ctx if ctx is not None else ScoreContext(model)
+        scorer = config.scorer
+        scorer.check_context(ctx)
+        stats = scorer.collect(ctx, targets)
+        needed: dict[str, set[Literal["out", "in"]]] = {}
+        for ms in members.values():
+            for m in ms:
+                needed.setdefault(m.fqn, set()).add(m.axis)
+        for t in targets:  # one weight's element scores at a time: reduced to its axes at once
+            elem = scorer.score(t, stats, ctx).detach().float().cpu()
+            for axis in needed[t.fqn]:
+                axes[(t.fqn, axis)] = axis_scores(t.module, t.fqn, axis, elem)
+    if any(params.values()) and not isinstance(config.scorer, Magnitude):
+        log.info("parameters used as weights (fused experts) are scored by the L2 norm of their units' slices")
     out: dict[int, Tensor] = {}
     for i in chosen:
         g = groups[i]
@@ -366,13 +407,16 @@ def group_scores(
         for m in members[i]:
             per_axis = axes[(m.fqn, m.axis)]
             if per_axis is None:
-                log.info(
-                    "group of %s: scores of %s do not map to its %s axis; member not scored", g.producers[0].fqn, m.fqn, m.axis
-                )
+                log.info("group of %s: scores of %s do not map to its %s axis; member not scored", g.label, m.fqn, m.axis)
                 continue
             units.append(member_unit_scores(m, g.size, per_axis))
+        for m in params[i]:
+            found = model_tensor(model, m.fqn)
+            if found is None:
+                raise ConfigError("structure", m.fqn, "group member is not a parameter or buffer of the model")
+            units.append(param_unit_scores(found[2], m, g.size))
         if not units:
-            log.warning("group of %s has no scorable member for roles %s; left whole", g.producers[0].fqn, config.roles)
+            log.warning("group of %s has no scorable member for roles %s; left whole", g.label, config.roles)
             continue
         out[i] = combine_members(units, config.normalize, config.reduction)
     return out
@@ -436,7 +480,7 @@ def select_kept(
         g = groups[i]
         ids = _atom_ids(mods, g)
         if ids is not None and ids.numel() == 0:
-            log.warning("group of %s: a GroupNorm would be split; left whole", g.producers[0].fqn)
+            log.warning("group of %s: a GroupNorm would be split; left whole", g.label)
             continue
         atom = 1
         if ids is not None:
@@ -454,7 +498,7 @@ def select_kept(
         keep = torch.ones(groups[i].size, dtype=torch.bool)
         keep[(gone_atoms[:, None] * atom + torch.arange(atom)[None, :]).flatten()] = False
         kept[i] = keep.nonzero().flatten()
-        log.info("group of %s: removing %d of %d units", groups[i].producers[0].fqn, gone_units, groups[i].size)
+        log.info("group of %s: removing %d of %d units", groups[i].label, gone_units, groups[i].size)
     return kept
 
 

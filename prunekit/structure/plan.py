@@ -8,9 +8,12 @@ Three kinds of entries, all replayed on a freshly built model by :func:`apply_pl
   columns) and to the module attributes. A per-tensor plan could leave a module half-pruned (weight sliced, bias
   not, ``out_features`` stale); :meth:`PrunePlan.tensor_view` lists the per-tensor effect for inspection.
   The one exception: an entry whose ``module`` is the path of a parameter or buffer used outside any handled module
-  (a layer scale, a class token, position embeddings: ``param`` members of a group) slices that tensor alone, on
-  axis ``out``, along the *last* dim of size ``size`` (:func:`~prunekit.structure.handlers.tensor_dim`; the
+  (a layer scale, a class token, position embeddings, a fused expert weight: ``param`` members of a group) slices
+  that tensor alone, along the *last* dim of size ``size`` (:func:`~prunekit.structure.handlers.tensor_dim`; the
   dependency graph only plans such entries when that is the dim it couples), so the JSON needs no other field.
+  Its axis is ``out``, or ``in`` for the input columns of a tensor used as a functional linear map's weight
+  (Mixtral's ``down_proj`` (E, H, I): ``in`` of size I slices dim 2, ``out`` of size H dim 1); a tensor may have an
+  entry on each axis. Both dims are resolved on the tensor's shape before anything is sliced.
 * **bias entries** (``add_bias``): the module (a ``Linear`` or convolution built with ``bias=False``) gets a zero
   bias parameter before its units are removed. Folding a removed unit's constant output into a consumer that has no
   bias (:func:`prunekit.structure.folding.fold_removed_`) creates that parameter on the live model; recording it here
@@ -57,6 +60,7 @@ from prunekit.structure.handlers import (
     model_tensor,
     select_,
     sync_attention_attributes_,
+    sync_expert_attributes_,
     tensor_aliases,
     tensor_dim,
 )
@@ -285,15 +289,18 @@ class _TensorSlice:
 
 def _check_tensor(model: nn.Module, e: PlanEntry, where: str, masked: set[str]) -> _TensorSlice:
     """Resolve a unit entry whose ``module`` is not a module: it must name a parameter or buffer of the model that
-    has ``e.size`` entries along some dim (the last such dim is sliced, :func:`tensor_dim`), on the ``out`` axis."""
+    has ``e.size`` entries along some dim (the last such dim is sliced, :func:`tensor_dim`)."""
     if e.module in masked:
         raise PlanError(f"{where}: tensor carries a prunekit mask; call prunekit.masks.finalize_(model) before slimming")
     found = model_tensor(model, e.module)
     if found is None:
         raise PlanError(f"{where}: the model has no module {e.module!r} (nor a parameter or buffer of that path)")
     owner, name, t = found
-    if e.axis != "out":
-        raise PlanError(f"{where}: a parameter or buffer has only the 'out' axis (its sliced dim), got {e.axis!r}")
+    if e.axis != "out" and t.dim() < 2:
+        raise PlanError(
+            f"{where}: {e.module!r} {tuple(t.shape)} has only the 'out' axis (its sliced dim); 'in', the input columns "
+            "of a tensor used as a weight, needs 2 or more dims"
+        )
     if handler_for_or_none(owner) is not None:
         raise PlanError(
             f"{where}: {e.module!r} belongs to a {module_type_name(owner)}, whose handler slices it; name the module instead"
@@ -318,12 +325,19 @@ def _check(model: nn.Module, plan: PrunePlan) -> tuple[list[tuple[nn.Module, Pla
     masked = {mp.fqn for mp in masked_params_}
     masked_tensors = {mp.key for mp in masked_params_}
     out = []
-    tensors = []
+    tensors: list[_TensorSlice] = []
     for i, e in enumerate(plan.entries):
         where = f"plan entry {i} ({e.module}.{e.axis})"
         m = mods.get(e.module)
         if m is None:
-            tensors.append(_check_tensor(model, e, where, masked_tensors))
+            ts = _check_tensor(model, e, where, masked_tensors)
+            other = next((o for o in tensors if o.entry.module == e.module and o.dim == ts.dim), None)
+            if other is not None:
+                raise PlanError(
+                    f"{where}: slices dim {ts.dim} of {e.module!r}, as its {other.entry.axis} entry does "
+                    f"(both have {e.size} units: the dims cannot be told apart)"
+                )
+            tensors.append(ts)
             continue
         if e.module in masked:
             raise PlanError(f"{where}: module carries prunekit masks; call prunekit.masks.finalize_(model) before slimming")
@@ -415,8 +429,10 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     All or nothing: every entry is checked against the model, and each module's removals are first rehearsed on
     a copy of that module (so a handler's refusal, e.g. a GroupNorm group split in two, leaves the model
     untouched; attention modules split for the plan are put back). An entry naming a parameter or buffer (module
-    docstring) must name one registered once, outside any handled module, with a dim of ``size`` entries; it is
-    checked up front and sliced after the modules. Pass-through modules (BatchNorm, depthwise
+    docstring) must name one registered once, outside any handled module, with a dim of ``size`` entries (and, on
+    axis ``in``, 2 or more dims; its two entries may not resolve to one dim); it is checked up front and sliced
+    after the modules; then the widths fused expert modules keep as attributes follow their weights
+    (:func:`~prunekit.structure.handlers.sync_expert_attributes_`). Pass-through modules (BatchNorm, depthwise
     conv), whose ``out`` and ``in`` are the same axis, are changed once even if the plan names both. A weight tied
     between modules (embedding and output head) is sliced for each owner and shared again afterwards; a plan that
     would slice it differently for two owners is refused (:mod:`prunekit.structure.ties`).
@@ -455,6 +471,9 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     changed = sync_attention_attributes_(model)
     if changed:
         log.info("attention head counts updated: %s", ", ".join(changed))
+    changed = sync_expert_attributes_(model)
+    if changed:
+        log.info("expert widths updated: %s", ", ".join(changed))
     return model
 
 

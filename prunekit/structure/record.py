@@ -17,11 +17,20 @@ execution, not a program: it is never run.
 
 Only what ran is seen: branches not taken with the example input are not analysed, as with any tracer; give an
 example input that exercises the path you prune with (e.g. ``use_cache=False`` for generation models, which
-:func:`record_graph` sets for Hugging Face configs that have it).
+:func:`record_graph` sets for Hugging Face configs that have it). A data-dependent loop records the iterations
+that ran: a mixture-of-experts layer records the experts the example routes tokens to, and since every expert
+indexes the same fused weight the same way, the coupling seen is the same.
+
+Hugging Face mixture-of-experts models dispatch their experts to fused kernels (``grouped_mm`` by default in
+transformers 5, ``batched_mm``); while recording, :func:`record_graph` switches them to ``"eager"`` with the
+model's ``set_experts_implementation`` and restores the previous choice afterwards, so the recorded ops are the
+documented per-expert computation (``F.linear(x, gate_up_proj[e])``, ``chunk``, ``act(gate) * up``, ``F.linear(h,
+down_proj[e])``, ``index_add_``), as gradients stay enabled to keep other fused inference paths off.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunekit.structure.handlers import StructureError
 
+log = logging.getLogger(__name__)
 # Tensor dunders recorded as the fx target fx itself would write: (target, swap operands)
 _DUNDERS: dict[str, tuple[Any, bool]] = {
     "__add__": (operator.add, False), "__radd__": (operator.add, True), "__iadd__": (operator.add, False),
@@ -191,6 +201,28 @@ def _hf_no_cache(model: nn.Module) -> Iterator[None]:
             cfg.use_cache = old  # type: ignore[union-attr]
 
 
+@contextmanager
+def _hf_eager_experts(model: nn.Module) -> Iterator[None]:
+    """Hugging Face mixture-of-experts layers run their per-expert loop (``"eager"``) instead of a fused kernel."""
+    get, put = getattr(model, "get_experts_implementation", None), getattr(model, "set_experts_implementation", None)
+    if not callable(get) or not callable(put):
+        yield
+        return
+    try:
+        before = get()
+        switch = any(v not in (None, "eager") for v in before.values())
+        if switch:
+            put("eager")
+    except (RuntimeError, ValueError, KeyError, AttributeError) as e:  # a load-time-only kernel, an odd config
+        log.info("recording with the model's experts implementation (cannot switch it to eager: %s)", e)
+        switch = False
+    try:
+        yield
+    finally:
+        if switch:
+            put(before)
+
+
 def call_model(model: nn.Module, example_input: Any) -> Any:
     """``model(*input)`` for a tensor or tuple, ``model(**input)`` for a dict (e.g. a tokenizer's output)."""
     if isinstance(example_input, Mapping):
@@ -221,7 +253,7 @@ def record_graph(model: nn.Module, example_input: Any, is_leaf: Callable[[nn.Mod
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with _hf_no_cache(model), torch.enable_grad(), warnings.catch_warnings(), rec:
+        with _hf_no_cache(model), _hf_eager_experts(model), torch.enable_grad(), warnings.catch_warnings(), rec:
             # gradients are on only to keep fused inference paths off; scalar reads (``float(x.mean())``) would warn
             warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
             out = call_model(model, example_input)
