@@ -268,10 +268,14 @@ def notes(data: dict[str, Any]) -> list[str]:
         "full size takes seconds per call on 2 cores; for conv nets the MAC reduction is the same at both sizes, for "
         "ViT (interpolated position embeddings, 50 instead of 197 tokens) the attention share of MACs is smaller.",
         "Same channel ratio for both tools: 0.5 of the units of every prunable group, magnitude L2 "
-        "(prunekit `StructuredConfig(ratio, scorer=Magnitude(p=2), types=Linear/Conv/Conv1D/Embedding)`, uniform, "
+        "(prunekit `StructuredConfig(ratio, scorer=Magnitude(p=2), types=Linear/Conv/Conv1D/*Embedding/*Experts)`, "
+        "uniform, "
         "mean reduction and mean normalisation over members; Torch-Pruning `BasePruner(importance=MagnitudeImportance(p=2), "
         "pruning_ratio=r)`). The classifier / LM head's outputs stay (prunekit freezes the model output; Torch-Pruning "
-        "gets it in `ignored_layers`).",
+        "gets it in `ignored_layers`). `nn.MultiheadAttention` is analysed and pruned as its equivalent "
+        "`SplitMultiheadAttention` (the dense baseline keeps the original module and its fused kernel); Mixtral's "
+        "experts are recorded with their per-expert loop and the slim model keeps `grouped_mm` unless a width is not "
+        "a multiple of 16 bytes.",
         "Torch-Pruning recipes: see `benchmarks/structure_tp.py`; each attempt runs in a subprocess with a timeout "
         "(coverage: 180 s per attempt). The speed table uses the LLM recipe for causal LMs and the documented defaults "
         "elsewhere; its ratio is searched (regula falsi on log scales, `structure_tp.solve_increasing`: at most 8 prunes, "

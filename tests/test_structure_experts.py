@@ -363,3 +363,14 @@ def test_mixtral_stream_through_router_and_experts_is_prunable() -> None:
         logits = slim(**ids).logits
         slim.set_experts_implementation("eager")
         torch.testing.assert_close(slim(**ids).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_mixtral_odd_expert_widths_fall_back_to_the_per_expert_loop() -> None:
+    """grouped_mm needs rows of 16 bytes: 24 -> 11 intermediate units (44 bytes) switches the slim model to eager."""
+    model, ids = _mixtral()
+    plan = structured_plan(model, ids, StructuredConfig(ratio=13 / 24, types=("MixtralExperts",)))
+    assert {len(e.kept) for e in plan.entries if e.axis == "in"} == {11}
+    slim = apply_plan_(copy.deepcopy(model), plan).eval()
+    assert "eager" in str(slim.get_experts_implementation()) and "eager" not in str(model.get_experts_implementation())
+    with torch.no_grad():
+        assert torch.isfinite(slim(**ids).logits).all()

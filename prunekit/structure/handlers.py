@@ -549,3 +549,25 @@ def sync_expert_attributes_(model: nn.Module) -> list[str]:
         elif isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] == e:
             put(m, fqn, ("hidden_dim", "hidden_size"), int(w.shape[1]))
     return changed
+
+
+_GROUPED_MM_ALIGN = 16  # bytes: torch's grouped matrix product needs every stride a multiple of this
+
+
+def eager_experts_if_misaligned_(model: nn.Module) -> list[str]:
+    """Switch a Hugging Face model to its per-expert loop (``set_experts_implementation("eager")``) when a sliced
+    fused expert tensor has a width whose rows are no longer a multiple of 16 bytes, which the default fused kernel
+    (``grouped_mm``: ``RuntimeError: strides should be multiple of 16 bytes``) refuses. Both compute the same
+    function. Returns the misaligned tensors (empty: nothing changed)."""
+    bad: list[str] = []
+    for fqn, m in model.named_modules():
+        if not isinstance(getattr(m, "num_experts", None), int):
+            continue
+        for name, t in m.named_parameters(recurse=False):
+            if t.dim() == 3 and any(int(n) * t.element_size() % _GROUPED_MM_ALIGN for n in t.shape[1:]):
+                bad.append(f"{fqn}.{name} {tuple(t.shape)}")
+    switch = getattr(model, "set_experts_implementation", None)
+    if bad and callable(switch):
+        switch("eager")
+        return bad
+    return []

@@ -55,6 +55,7 @@ from prunekit.masks import masked_params, module_type_name
 from prunekit.structure.attention import SplitMultiheadAttention, SplitRecord, swap_in_split_attention_
 from prunekit.structure.handlers import (
     StructureError,
+    eager_experts_if_misaligned_,
     handler_for,
     handler_for_or_none,
     model_tensor,
@@ -474,6 +475,9 @@ def apply_plan_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     changed = sync_expert_attributes_(model)
     if changed:
         log.info("expert widths updated: %s", ", ".join(changed))
+    misaligned = eager_experts_if_misaligned_(model)
+    if misaligned:
+        log.info("experts widths not a multiple of 16 bytes (%s): per-expert loop instead of grouped_mm", ", ".join(misaligned))
     return model
 
 
