@@ -260,8 +260,10 @@ class ConvHandler(AbstractHandler):
         m.in_channels = len(kept)
 
 
-class BatchNormHandler(AbstractHandler):
-    """``nn.BatchNorm1d/2d/3d``: affine weight/bias and running statistics, one entry per channel."""
+class _PerChannelHandler(AbstractHandler):
+    """A normalisation layer acting per channel: one axis (``out`` and ``in`` are the same units, so the module is a
+    pass-through follower), parameters and statistics indexed by channel on dim 0 (no unit dim of a weight matrix).
+    Subclasses give the width (:meth:`num_out`) and slice their tensors (:meth:`prune_out`)."""
 
     def passthrough(self, module: nn.Module) -> bool:
         return True
@@ -272,11 +274,17 @@ class BatchNormHandler(AbstractHandler):
     def channel_dim(self, module: nn.Module) -> int:
         return 1
 
-    def num_out(self, module: nn.Module) -> int:
-        m = cast(nn.BatchNorm2d, module)
-        return int(m.num_features)
-
     def num_in(self, module: nn.Module) -> int:
+        return self.num_out(module)
+
+    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
+        self.prune_out(module, kept)
+
+
+class BatchNormHandler(_PerChannelHandler):
+    """``nn.BatchNorm1d/2d/3d``: affine weight/bias and running statistics, one entry per channel."""
+
+    def num_out(self, module: nn.Module) -> int:
         m = cast(nn.BatchNorm2d, module)
         return int(m.num_features)
 
@@ -286,23 +294,14 @@ class BatchNormHandler(AbstractHandler):
             select_(module, name, 0, kept)
         m.num_features = len(kept)
 
-    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
-        self.prune_out(module, kept)
 
-
-class LastDimNormHandler(AbstractHandler):
+class LastDimNormHandler(_PerChannelHandler):
     """Normalisation over the last dimension with per-feature affine parameters: ``nn.LayerNorm``, ``nn.RMSNorm``
     and the RMS norms of model families (``LlamaRMSNorm`` ...: ``weight`` only, no ``normalized_shape``).
 
     Removing features changes the statistics these normalise with (mean and variance, or the root mean square),
     so slimming through them is *not* function-preserving even for dead features (unlike BatchNorm in eval mode).
     """
-
-    def passthrough(self, module: nn.Module) -> bool:
-        return True
-
-    def unit_dim(self, module: nn.Module) -> int | None:
-        return None
 
     def channel_dim(self, module: nn.Module) -> int:
         return 1 if getattr(module, "data_format", None) == "channels_first" else -1
@@ -317,9 +316,6 @@ class LastDimNormHandler(AbstractHandler):
             return int(shape[0])
         return int(cast(Tensor, module.weight).shape[0])
 
-    def num_in(self, module: nn.Module) -> int:
-        return self.num_out(module)
-
     def prune_out(self, module: nn.Module, kept: Tensor) -> None:
         self.num_out(module)  # validates
         for name in ("weight", "bias"):
@@ -328,27 +324,11 @@ class LastDimNormHandler(AbstractHandler):
         if getattr(module, "normalized_shape", None) is not None:
             module.__dict__["normalized_shape"] = (len(kept),)
 
-    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
-        self.prune_out(module, kept)
 
-
-class GroupNormHandler(AbstractHandler):
+class GroupNormHandler(_PerChannelHandler):
     """``nn.GroupNorm``: only whole groups can be removed (then ``num_groups`` shrinks and the result is exact)."""
 
-    def passthrough(self, module: nn.Module) -> bool:
-        return True
-
-    def unit_dim(self, module: nn.Module) -> int | None:
-        return None
-
-    def channel_dim(self, module: nn.Module) -> int:
-        return 1
-
     def num_out(self, module: nn.Module) -> int:
-        m = cast(nn.GroupNorm, module)
-        return int(m.num_channels)
-
-    def num_in(self, module: nn.Module) -> int:
         m = cast(nn.GroupNorm, module)
         return int(m.num_channels)
 
@@ -369,9 +349,6 @@ class GroupNormHandler(AbstractHandler):
         select_(module, "bias", 0, kept)
         m.num_channels = len(kept)
         m.num_groups = len(kept) // size
-
-    def prune_in(self, module: nn.Module, kept: Tensor) -> None:
-        self.prune_out(module, kept)
 
 
 class EmbeddingHandler(AbstractHandler):
