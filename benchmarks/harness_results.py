@@ -23,7 +23,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,8 +79,10 @@ BENCHES = (
             " `first` (3 retraining epochs per round) ran while the recipe held only that phase list (same experiments"
             " and run directories as the recipe's `first` protocol now); `tuned` retrains 6 epochs per round and loads"
             " the dense phase `first` trained (shared prefix), so both are compared with the same dense baseline.",
-            "Caveat: the dense baseline trains 6 epochs, the pruned networks 15 (`first`) or 24 (`tuned`) in all; a"
-            " dense network trained as long was not run.",
+            "`long` (10 retraining epochs per round) and `gradual` (6 rounds of 4 epochs: smaller pruning steps) were"
+            " added after `tuned` missed by 0.003 points; neither closes the gap. The pruned networks train 15-36"
+            " epochs in all against the dense phase's 6: the control `dense_long` trains the dense network 36 epochs"
+            " and ends worse than the 6-epoch dense phase, so the goal is judged against the better (6-epoch) baseline.",
         ),
     ),
     Bench(
@@ -186,8 +187,16 @@ def by(infos: Sequence[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], lis
 
 def han_section(bench: Bench, infos: list[dict[str, Any]]) -> dict[str, Any]:
     paper = bench.paper or {}
-    rows, goals, per_seed = [], [], []
+    rows, goals, per_seed, controls = [], [], [], []
     for (protocol,), rs in by(infos, "protocol").items():
+        if all(i["weights_left"] == i["weights"] for i in rs):  # a control without pruning: no goal, one line
+            errs = [i["error"] for i in rs]
+            wall = minutes([i["seconds_all_phases"] for i in rs])
+            controls.append(
+                f"Control `{protocol}` (dense, no pruning, {rs[0]['epochs']} epochs, {len(rs)} seed(s)): test error"
+                f" {pm(errs)} % (per seed {', '.join(f'{e:.2f}' for e in errs)}); wall {wall}."
+            )
+            continue
         dense = [i["dense_error"] for i in rs]
         pruned = [i["error"] for i in rs]
         sp = [i["sparsity"] for i in rs]
@@ -207,7 +216,7 @@ def han_section(bench: Bench, infos: list[dict[str, Any]]) -> dict[str, Any]:
         )
         md, mp = statistics.fmean(dense), statistics.fmean(pruned)
         enough = min(sp) >= paper["sparsity"] - 1e-9
-        good = mp <= md + GOAL_MARGIN
+        good = mp <= md + GOAL_MARGIN + 1e-9  # errors are whole test images (0.01 %): absorb float rounding only
         goals.append(
             {
                 "goal": f"[{protocol}] sparsity >= {paper['sparsity']} % and mean test error <= dense baseline"
@@ -233,6 +242,7 @@ def han_section(bench: Bench, infos: list[dict[str, Any]]) -> dict[str, Any]:
             )
     return {
         "goals": goals,
+        "controls": controls,
         "tables": [
             {
                 "caption": "Test error % (mean ± std over seeds, final epoch); dense = the final epoch of the same runs'"
@@ -390,16 +400,18 @@ def protocols_section(infos: list[dict[str, Any]]) -> dict[str, Any]:
 # -- output ----------------------------------------------------------------------------------------------------
 
 
-def command(bench: Bench, root: Path) -> str:
-    data = os.environ.get("PRUNEKIT_DATA", "/path/to/data")
-    return f"PRUNEKIT_DATA={data} OMP_NUM_THREADS=1 prunekit run {bench.recipe} --out {root / bench.key} --no-progress"
+RUNS = "RUNS"  # how the results name the runs root (the machine's own path stays out of committed files)
+
+
+def command(bench: Bench) -> str:
+    return f"PRUNEKIT_DATA=/path/to/data OMP_NUM_THREADS=1 prunekit run {bench.recipe} --out {RUNS}/{bench.key} --no-progress"
 
 
 def build(root: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "title": "Experiment harness benchmarks (issue 3)",
-        "meta": env_info(),
-        "runs_root": str(root),
+        "meta": env_info() | {"command": f"python benchmarks/harness_results.py {RUNS}"},
+        "runs_root": RUNS,
         "benchmarks": {},
     }
     for bench in BENCHES:
@@ -408,7 +420,7 @@ def build(root: Path) -> dict[str, Any]:
         sec: dict[str, Any] = {
             "title": bench.title,
             "recipe": bench.recipe,
-            "commands": [command(bench, root)],
+            "commands": [command(bench)],
             "status": f"{len(runs)} of {expected} runs finished",
             "runs": infos,
         }
@@ -482,7 +494,8 @@ def render(data: dict[str, Any]) -> str:
                 lines.append(f"- **{c['claim']}: {verdict}** — {c.get('measured', 'not enough points')}")
             else:
                 lines.append(f"- At {100 * c['sparsity']:g} %: {c['measured']}")
-        if sec.get("goals") or sec.get("claims"):
+        lines += [f"- {c}" for c in sec.get("controls", [])]
+        if sec.get("goals") or sec.get("claims") or sec.get("controls"):
             lines.append("")
         for tab in sec.get("tables", []):
             lines += [f"**{tab['caption']}**", "", markdown_table(tab["columns"], tab["rows"]), ""]
