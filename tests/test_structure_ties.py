@@ -115,3 +115,21 @@ def test_gpt2_lm_head_tied_stream_round_trips(tmp_path: Path) -> None:
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     with torch.no_grad():
         torch.testing.assert_close(loaded(**ids).logits, slim(**ids).logits)
+
+
+def test_opt_stream_with_learned_positions_and_tied_head_round_trips(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.OPTConfig(hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4, vocab_size=50,
+                                 max_position_embeddings=32, word_embed_proj_dim=32)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.OPTForCausalLM(cfg).eval()
+    ids = {"input_ids": torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(4))}
+    groups = build_groups(model, ids)
+    stream = next(g for g in groups if any(m.fqn == "model.decoder.embed_positions" for m in g.members))
+    assert stream.prunable  # the positional embedding (called with the attention mask) produces the stream too
+    plan = structured_plan(model, ids, StructuredConfig(ratio=0.5, types=("Linear", "*Embedding")))
+    slim = apply_plan_(copy.deepcopy(model), plan)
+    assert slim.lm_head.weight is slim.model.decoder.embed_tokens.weight and slim.lm_head.weight.shape == (50, 16)
+    loaded = load_slim(save_slim(tmp_path / "opt", slim, plan))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**ids).logits, slim(**ids).logits)

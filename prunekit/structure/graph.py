@@ -582,17 +582,18 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
             fqn = str(node.target)
             h = handler_for_or_none(m)
             if h is not None:
+                if isinstance(m, nn.Embedding) and shape is not None and shape[-1] == h.num_out(m):
+                    # inputs are indices (OPT's learned positions also take the attention mask): rows of weight out
+                    s = sp.new(h.num_out(m))
+                    attach(s, Member(fqn, "producer"))
+                    chan[node] = _Chan((_Seg(s),), len(shape) - 1)
+                    continue
                 if len(ins) != 1 or shape is None:
                     freeze_inputs(node, f"{fqn} called with {len(ins)} tensor inputs")
                     continue
                 in_shape = _shape(x)
                 assert in_shape is not None
                 cdim = h.channel_dim(m) % len(shape)
-                if isinstance(m, nn.Embedding):
-                    s = sp.new(h.num_out(m))
-                    attach(s, Member(fqn, "producer"))
-                    chan[node] = _Chan((_Seg(s),), cdim)
-                    continue
                 ok = cx is not None and cx.dim == h.channel_dim(m) % len(in_shape) and width(cx) == h.num_in(m)
                 if h.passthrough(m):
                     if ok and cx is not None and unit_blocks(cx):
