@@ -12,7 +12,7 @@ again; and train the *same slim architecture* from scratch (fresh random weights
 for the dense budget plus the fine-tuning budget. Dense models are the cached ones of the criteria benchmarks
 (``benchmarks/criteria_common.py``). Mean and standard deviation over seeds; test error in %.
 
-    PRUNEKIT_DATA=/work/shared/data python benchmarks/structure_finetune.py
+    PRUNEKIT_DATA=/path/to/data python benchmarks/structure_finetune.py
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> None:
         rows = [r for r in old.get("rows", []) if r["net"] not in args.nets] + rows
         commands = [c for c in old.get("commands", []) if not all(n in c for n in args.nets)]
     sec = section(rows, args.ft_epochs)
-    sec["commands"] = [*commands, "PRUNEKIT_DATA=/work/shared/data " + command_line()]
+    sec["commands"] = [*commands, "PRUNEKIT_DATA=/path/to/data " + command_line()]
     write_results(args.out, sec)
 
 
