@@ -467,10 +467,14 @@ def _is_masked(module: nn.Module) -> bool:
 
 
 @contextmanager
-def attention_split(model: nn.Module) -> Iterator[list[str]]:
+def attention_split(model: nn.Module, enabled: bool = True) -> Iterator[list[str]]:
     """Split every ``nn.MultiheadAttention`` of ``model`` for the duration of the ``with`` block, then put the
-    original modules back (also on error). Yields the paths split (empty: nothing to do). Modules carrying masks
-    or parametrizations are left as they are (their heads stay frozen in the dependency graph)."""
+    original modules back (also on error). Yields the paths split (empty: nothing to do, or ``enabled`` is False,
+    e.g. when the caller already built the groups). Modules carrying masks or parametrizations are left as they
+    are (their heads stay frozen in the dependency graph)."""
+    if not enabled:
+        yield []
+        return
     mods = dict(model.named_modules())
     names = attention_modules(model)
     masked = [n for n in names if _is_masked(mods[n])]

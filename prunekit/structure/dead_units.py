@@ -38,7 +38,6 @@ first. Folding needs the model in the form the plan describes: with a non-empty 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -46,8 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structure._units import Example, UnitMap, constant_units, measure_inputs, per_unit
-from prunekit.structure.attention import attention_split, needed_splits
-from prunekit.structure.from_masks import plan_for_groups
+from prunekit.structure.attention import attention_split
+from prunekit.structure.from_masks import plan_for_groups, with_temporary_splits
 from prunekit.structure.graph import Group, build_groups
 from prunekit.structure.plan import PrunePlan
 
@@ -130,12 +129,10 @@ def dead_unit_plan(
     Without ``groups``, ``nn.MultiheadAttention`` modules are split for the analysis and put back (module
     docstring); masked ones are left as they are (their heads stay frozen).
     """
-    if groups is not None:
-        plan, report = _dead_unit_plan(model, example_input, groups, tol)
-        return dataclasses.replace(plan, split=needed_splits(model, (), (e.module for e in plan.entries))), report
-    with attention_split(model) as split:
-        plan, report = _dead_unit_plan(model, example_input, build_groups(model, example_input), tol)
-        return dataclasses.replace(plan, split=needed_splits(model, split, (e.module for e in plan.entries))), report
+    with attention_split(model, enabled=groups is None) as split:
+        gs = groups if groups is not None else build_groups(model, example_input)
+        plan, report = _dead_unit_plan(model, example_input, gs, tol)
+        return with_temporary_splits(model, plan, split), report
 
 
 def _dead_unit_plan(

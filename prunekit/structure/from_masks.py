@@ -22,7 +22,9 @@ produces (score such groups with :func:`~prunekit.structure.importance.structure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -126,3 +128,12 @@ def plan_from_masks(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]
             continue
         kept[i] = k
     return plan_for_groups(model, groups, kept)
+
+
+def with_temporary_splits(model: nn.Module, plan: PrunePlan, temporary: Sequence[str]) -> PrunePlan:
+    """``plan`` (from :func:`plan_for_groups` on ``model`` while the attention modules ``temporary`` were split for
+    the analysis) with ``split`` naming also the temporarily split modules whose projections it changes; unchanged
+    when nothing was split temporarily."""
+    if not temporary:
+        return plan
+    return dataclasses.replace(plan, split=needed_splits(model, temporary, (e.module for e in plan.entries)))

@@ -76,7 +76,7 @@ from prunekit.masks import module_type_name
 from prunekit.structure.attention import SPLIT_ADVICE
 from prunekit.structure.handlers import StructureError, handler_for_or_none, tensor_aliases, tensor_dim
 from prunekit.structure.record import record_graph
-from prunekit.structure.ties import tied_weight_dim
+from prunekit.structure.ties import tied_parameters, tied_weight_dim
 
 log = logging.getLogger(__name__)
 Tracing = Literal["auto", "fx", "record"]
@@ -414,11 +414,13 @@ def build_groups(model: nn.Module, example_input: Any, tracer: Tracing = "auto")
     role_space: dict[tuple[str, str, int], int] = {}
 
     # a parameter shared by two modules (tied embeddings) cannot be sliced for one of them only
-    owners: dict[int, list[str]] = {}
-    for fqn, m in model.named_modules():
-        for p in m.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(fqn)
-    shared = {f: [o for o in fs if o != f] for fs in owners.values() if len(fs) > 1 for f in fs}
+    shared: dict[str, list[str]] = {}
+    for owners in tied_parameters(model):
+        first: dict[int, str] = {}  # one path per module (the first), as named_modules() lists it
+        for f, m, _ in owners:
+            first.setdefault(id(m), f)
+        fs = list(first.values())
+        shared.update({f: [o for o in fs if o != f] for f in fs})
     tied: list[tuple[Member, int]] = []  # members of modules that share a parameter, checked once all is known
 
     # parameters and buffers read outside handled modules (get_attr nodes) may become "param" members

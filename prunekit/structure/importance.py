@@ -46,7 +46,6 @@ are rounded *up* (never more removal than asked); at least one multiple always s
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 import math
@@ -65,8 +64,8 @@ from prunekit.recipe import DEFAULT_TYPES
 from prunekit.registry import Registry
 from prunekit.scoring.base import SCORERS, AbstractScorer, ScoreContext, Target
 from prunekit.scoring.magnitude import Magnitude
-from prunekit.structure.attention import attention_split, needed_splits
-from prunekit.structure.from_masks import plan_for_groups
+from prunekit.structure.attention import attention_split
+from prunekit.structure.from_masks import plan_for_groups, with_temporary_splits
 from prunekit.structure.graph import Group, Member, ModuleRole, build_groups
 from prunekit.structure.handlers import handler_for, model_tensor
 from prunekit.structure.plan import PrunePlan
@@ -525,13 +524,9 @@ def structured_plan(
     first, on ``model`` or on a freshly built original.
     """
     config = config if config is not None else StructuredConfig()
-    if groups is not None:
-        gs = list(groups)
-        plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))
-        return dataclasses.replace(plan, split=needed_splits(model, (), (e.module for e in plan.entries)))
-    with attention_split(model) as split:
+    with attention_split(model, enabled=groups is None) as split:
         if split:
             log.info("scoring attention heads: %d nn.MultiheadAttention modules split for the analysis", len(split))
-        gs = build_groups(model, example_input)
-        plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))
-        return dataclasses.replace(plan, split=needed_splits(model, split, (e.module for e in plan.entries)))
+        gs = list(groups) if groups is not None else build_groups(model, example_input)
+        plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))  # its split: attention split before
+        return with_temporary_splits(model, plan, split)
