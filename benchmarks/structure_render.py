@@ -281,7 +281,10 @@ def notes(data: dict[str, Any]) -> list[str]:
         "elsewhere; its ratio is searched (regula falsi on log scales, `structure_tp.solve_increasing`: at most 8 prunes, "
         "plus up to 6 at ratios where it fails, listed in the table) to prunekit's parameter count within 2 % (the closest "
         "attempt is kept when none lands inside; the table shows the difference). prunekit's ratio for each MAC "
-        "reduction is found the same way on the plan's MACs (at most 12 plans).",
+        "reduction is found the same way on the plan's MACs (at most 12 plans). Torch-Pruning gives each owner of a "
+        "tied weight (OPT's embedding and LM head) its own equal copy; the benchmark ties them again "
+        "(`structure_tp.retie_like`, as Hugging Face does on loading with `tie_word_embeddings`) before counting "
+        "parameters, so an untied copy does not count twice.",
         "prunekit's time to prune: dependency analysis + scores + plan + surgery (`apply_plan_`, head counts included) "
         "(one run; the analysis alone is in the details table). Torch-Pruning's: `BasePruner(...)` + `step()` + the "
         "head-count fix of its examples. Both exclude copying the model.",

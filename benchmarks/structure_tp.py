@@ -30,6 +30,12 @@ Usage follows Torch-Pruning's documentation and examples:
   ``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``, ``head_pruning_ratio=r``, ``lm_head``
   ignored, attributes fixed afterwards (``round_to=4`` of that script is left out: prunekit runs with 1 too).
 
+Tied weights: Torch-Pruning slices each owner of a tied parameter (OPT's and GPT-2's embedding and LM head) into a
+parameter of its own, so its pruned model holds two equal copies and counts them twice. :func:`retie_like` shares
+them again, as Hugging Face's ``from_pretrained`` does for ``tie_word_embeddings`` when the pruned model is saved
+and loaded, before parameters are counted (outside the timed pruning); the task result lists the tied names of the
+pruned model (``tied``). Owners left with different values stay apart.
+
 Task kinds: ``{"tag", "ratio"}`` prunes once; ``{"tag", "match_params", "start"}`` searches the ratio
 (:func:`solve_increasing`, regula falsi) until the pruned model's parameter count is within ``tolerance`` (2 %) of
 ``match_params`` (at most ``max_iters`` prunes; the closest is kept). A ratio at which pruning fails or the pruned
@@ -60,6 +66,9 @@ import structure_models as SM
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from prunekit.structure.handlers import StructureError
+from prunekit.structure.ties import retie_, tied_parameters
 
 HERE = Path(__file__).resolve().parent
 Job = dict[str, Any]
@@ -354,6 +363,17 @@ def _fix_attention(model: nn.Module, job: Job, pruner: Any) -> None:
             m.embed_dim = width
 
 
+def retie_like(base: nn.Module, model: nn.Module) -> list[str]:
+    """Share again, in the pruned copy ``model``, every parameter that is tied in ``base`` and whose owners in
+    ``model`` now hold equal separate copies; returns the re-tied paths (none if any tie's copies differ)."""
+    mods = dict(model.named_modules(remove_duplicate=False))
+    ties = [[(fqn, mods[fqn], name) for fqn, _, name in owners] for owners in tied_parameters(base)]
+    try:
+        return retie_(ties)
+    except StructureError:
+        return []
+
+
 def prune_once(base: nn.Module, example: Any, job: Job, ratio: float) -> tuple[nn.Module, float]:
     """A pruned copy of ``base`` at ``ratio`` and the seconds Torch-Pruning took (pruner + step + attribute fix)."""
     import torch_pruning as tp
@@ -388,6 +408,7 @@ def prune_once(base: nn.Module, example: Any, job: Job, ratio: float) -> tuple[n
     pruner.step()
     _fix_attention(model, job, pruner)
     seconds = time.perf_counter() - t0
+    retie_like(base, model)
     return model.eval(), seconds
 
 
@@ -500,6 +521,7 @@ def run_task(base: nn.Module, example: Any, job: Job, task: dict[str, Any], out_
             res.update(ratio=best["r"], prune_s=best["secs"], tries=len(seen) + len(errors), target_params=target,
                        failed_ratios=errors)  # fmt: skip
         res["params"] = count_params(model)
+        res["tied"] = [g["names"] for g in tensor_groups(model) if g["kind"] == "parameter" and len(g["names"]) > 1]
         res["removed_nothing"] = res["params"] == count_params(base)
         output = _check_forward(model, example, job["out_shape"])
         path = save_pruned(model, base, output, job, out_dir, task["tag"])
