@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tempfile
 import time
@@ -25,7 +26,6 @@ from typing import Any
 
 import torch
 from structure_models import output_tensor
-from structure_tp import solve_increasing
 from torch import Tensor, nn
 
 from prunekit.recipe import DEFAULT_TYPES
@@ -34,9 +34,10 @@ from prunekit.structure import Group, build_groups
 from prunekit.structure.compare import batched, count_macs
 from prunekit.structure.from_masks import plan_for_groups
 from prunekit.structure.handlers import LastDimNormHandler, handler_for_or_none
-from prunekit.structure.importance import StructuredConfig, select_kept, structured_plan
+from prunekit.structure.importance import StructuredConfig, plan_for_target, select_kept, structured_plan
 from prunekit.structure.persist import load_slim, save_slim
 from prunekit.structure.plan import PrunePlan, apply_plan_
+from prunekit.structure.target import ShrinkTarget
 from prunekit.testing.structure import zero_removed_units
 
 # Every prunable group, as Torch-Pruning prunes them: prunekit's default types leave a residual stream that an
@@ -186,26 +187,10 @@ macs = count_macs  # counts nn.TransformerEncoder's fused fast path too (it is s
 
 
 def ratio_for_mac_reduction(
-    model: nn.Module,
-    example: Any,
-    groups: Sequence[Group],
-    target: float,
-    dense_macs: int,
-    tol: float = 0.02,
-    max_ratio: float = 0.95,
-    max_iters: int = 12,
+    model: nn.Module, example: Any, groups: Sequence[Group], target: float, tol: float = 0.02, max_iters: int = 12
 ) -> RatioSearch:
-    """The uniform ratio whose plan gives ``dense_macs / macs`` within ``tol`` of ``target`` (regula falsi on the
-    ratio, :func:`structure_tp.solve_increasing`). MACs are a step function of the ratio, so the closest value seen
-    is returned when no ratio lands inside (the smallest such ratio on ties)."""
-    one = batched(example, 1)
-
-    def g(r: float) -> float:
-        plan = structured_plan(model, example, config(r), groups=groups)
-        slim = apply_plan_(copy.deepcopy(model), plan)
-        return dense_macs / macs(slim, one) / target - 1.0
-
-    start = min(max_ratio, 1.0 - target**-0.5)  # exact when every group shrinks and MACs are quadratic in widths
-    seen = solve_increasing(g, 0.0, max_ratio, 1.0 / target - 1.0, start, tol, max_iters)
-    r, v = min(seen, key=lambda p: (abs(p[1]), p[0]))
-    return RatioSearch(r, (v + 1.0) * target, len(seen), max(p[1] for p in seen) >= -tol)
+    """The uniform ratio whose plan gives ``target`` times fewer MACs (at batch 1) within ``tol``: prunekit's own
+    search (``plan_for_target``, target ``macs=<target>x``); the closest plan seen when none lands inside."""
+    cfg = dataclasses.replace(config(0.5), target=ShrinkTarget("macs", target))
+    s = plan_for_target(model, batched(example, 1), cfg, groups=groups, tolerance=tol, max_plans=max_iters, strict=False)
+    return RatioSearch(s.ratio, s.reduction, s.plans, s.reachable)

@@ -181,9 +181,7 @@ def run_model(bm: SM.BenchModel, args: argparse.Namespace, scratch: Path) -> dic
     del tp_models
 
     # -- 2. speed ----------------------------------------------------------------------------------------------
-    rec["speed"] = (
-        speed(bm, model, analysed, ex1, timing, groups, dense_macs, out_shape, args, scratch) if groups is not None else []
-    )
+    rec["speed"] = speed(bm, model, analysed, ex1, timing, groups, out_shape, args, scratch) if groups is not None else []
     del model, analysed
     shutil.rmtree(scratch / bm.name, ignore_errors=True)
     return rec
@@ -196,7 +194,6 @@ def speed(
     ex1: Any,
     timing: dict[int, Any],
     groups: Any,
-    dense_macs: int,
     out_shape: list[int],
     args: argparse.Namespace,
     scratch: Path,
@@ -205,7 +202,7 @@ def speed(
     levels: list[dict[str, Any]] = []
     pk_models: dict[float, nn.Module] = {}
     for target in args.levels:
-        s = K.ratio_for_mac_reduction(analysed, ex1, groups, target, dense_macs)
+        s = K.ratio_for_mac_reduction(analysed, ex1, groups, target)
         lv: dict[str, Any] = {
             "target": target,
             "ratio": s.ratio,

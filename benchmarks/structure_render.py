@@ -278,11 +278,12 @@ def notes(data: dict[str, Any]) -> list[str]:
         "a multiple of 16 bytes.",
         "Torch-Pruning recipes: see `benchmarks/structure_tp.py`; each attempt runs in a subprocess with a timeout "
         "(coverage: 180 s per attempt). The speed table uses the LLM recipe for causal LMs and the documented defaults "
-        "elsewhere; its ratio is searched (regula falsi on log scales, `structure_tp.solve_increasing`: at most 8 prunes, "
-        "plus up to 6 at ratios where it fails, listed in the table) to prunekit's parameter count within 2 % (the closest "
-        "attempt is kept when none lands inside; the table shows the difference). prunekit's ratio for each MAC "
-        "reduction is found the same way on the plan's MACs (at most 12 plans). Torch-Pruning gives each owner of a "
-        "tied weight (OPT's embedding and LM head) its own equal copy; the benchmark ties them again "
+        "elsewhere; its ratio is searched (regula falsi on log scales, `prunekit.structure.target.solve_increasing`: "
+        "at most 8 prunes, plus up to 6 at ratios where it fails, listed in the table) to prunekit's parameter count "
+        "within 2 % (the closest attempt is kept when none lands inside; the table shows the difference). prunekit's "
+        "ratio for each MAC reduction is found by `prunekit.structure.importance.plan_for_target` (what `prunekit "
+        "shrink --target macs=Nx` runs) on the slim models' MACs (at most 12 plans). Torch-Pruning gives each owner "
+        "of a tied weight (OPT's embedding and LM head) its own equal copy; the benchmark ties them again "
         "(`structure_tp.retie_like`, as Hugging Face does on loading with `tie_word_embeddings`) before counting "
         "parameters, so an untied copy does not count twice.",
         "prunekit's time to prune: dependency analysis + scores + plan + surgery (`apply_plan_`, head counts included) "

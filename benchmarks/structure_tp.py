@@ -37,9 +37,9 @@ and loaded, before parameters are counted (outside the timed pruning); the task 
 pruned model (``tied``). Owners left with different values stay apart.
 
 Task kinds: ``{"tag", "ratio"}`` prunes once; ``{"tag", "match_params", "start"}`` searches the ratio
-(:func:`solve_increasing`, regula falsi) until the pruned model's parameter count is within ``tolerance`` (2 %) of
-``match_params`` (at most ``max_iters`` prunes; the closest is kept). A ratio at which pruning fails or the pruned
-model does not run is recorded in ``failed_ratios`` and the search steps around it.
+(``prunekit.structure.target.solve_increasing``, regula falsi) until the pruned model's parameter count is within
+``tolerance`` (2 %) of ``match_params`` (at most ``max_iters`` prunes; the closest is kept). A ratio at which
+pruning fails or the pruned model does not run is recorded in ``failed_ratios`` and the search steps around it.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from prunekit.structure.handlers import StructureError
+from prunekit.structure.target import solve_increasing
 from prunekit.structure.ties import retie_, tied_parameters
 
 HERE = Path(__file__).resolve().parent
@@ -419,76 +420,6 @@ def _check_forward(model: nn.Module, example: Any, shape: list[int]) -> Tensor:
     if list(t.shape) != shape:
         raise RuntimeError(f"pruned model's output has shape {list(t.shape)}, expected {shape}")
     return t
-
-
-NUDGES = (0.02, -0.02, 0.05, -0.05)  # where to try instead when g fails at x
-MAX_FAILURES = 6
-
-
-def solve_increasing(
-    g: Callable[[float], float], lo: float, hi: float, g_lo: float, start: float, tol: float, max_iters: int
-) -> list[tuple[float, float]]:
-    """Find ``x`` in ``[lo, hi]`` (a pruning ratio, ``0 <= lo < hi < 1``) with ``|g(x)| <= tol``, for ``g`` increasing,
-    ``g > -1`` and ``g(lo) = g_lo < 0``; ``g`` is "reduction reached / reduction wanted - 1".
-
-    Reductions grow like ``(1 - x)^-k`` (k = 1 for a layer's parameters or MACs pruned on one side, 2 on both), so
-    the search runs on ``u = -log(1 - x)`` and ``h = log(1 + g)``, where that is a straight line: the secant is
-    extrapolated until a point above zero is found (reaching ``hi`` still below zero ends the search:
-    unreachable), then regula falsi with the Illinois rule, the next point kept inside the bracket's middle 80 %
-    (reductions are step functions of the ratio). Where ``g`` raises, the points ``x + NUDGES`` are tried
-    instead (all four failing, or ``MAX_FAILURES`` in all, end the search; the exception is re-raised when nothing
-    was evaluated). Returns every ``(x, g(x))`` evaluated, in order.
-    """
-
-    def u_of(x: float) -> float:
-        return -math.log1p(-x)
-
-    def x_of(u: float) -> float:
-        return -math.expm1(-u)
-
-    seen: list[tuple[float, float]] = []
-    u_lo, h_lo, u_hi, h_hi, u_top = u_of(lo), math.log1p(g_lo), u_of(hi), 0.0, u_of(hi)
-    hi_known, side = False, 0
-    x, failed_at, tried, failures = start, None, 0, 0
-    last: Exception | None = None
-    while len(seen) < max_iters:
-        try:
-            v = g(x)
-        except Exception as e:
-            last, failures = e, failures + 1
-            failed_at = failed_at if failed_at is not None else x
-            if tried == len(NUDGES) or failures > MAX_FAILURES:
-                break
-            x = min(hi, max(lo, failed_at + NUDGES[tried]))
-            tried += 1
-            continue
-        failed_at, tried = None, 0
-        seen.append((x, v))
-        if abs(v) <= tol:
-            break
-        u, h = u_of(x), math.log1p(v)
-        if v >= 0:
-            if side == 1:
-                h_lo /= 2  # Illinois: the same end moved twice, pull the secant towards the other
-            u_hi, h_hi, hi_known, side = u, h, True, 1
-        elif not hi_known:
-            if u >= u_top:  # the top of the range falls short: unreachable
-                break
-            step = (u - u_lo) * -h / (h - h_lo) if h > h_lo else u_top - u
-            u_lo, h_lo = u, h
-            x = x_of(min(u_top, u + step))
-            continue
-        else:
-            if side == -1:
-                h_hi /= 2
-            u_lo, h_lo, side = u, h, -1
-        if u_hi - u_lo < 1e-5:
-            break
-        t = min(0.9, max(0.1, -h_lo / (h_hi - h_lo)))
-        x = x_of(u_lo + t * (u_hi - u_lo))
-    if not seen and last is not None:
-        raise last
-    return seen
 
 
 def run_task(base: nn.Module, example: Any, job: Job, task: dict[str, Any], out_dir: Path) -> dict[str, Any]:

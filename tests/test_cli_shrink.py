@@ -54,6 +54,23 @@ def test_shrink_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert slim(torch.randn(3, 16)).shape == (3, 4)
 
 
+def test_cost_target_is_searched_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MLP 16-12-10-4, uniform ratio: params 16*h1 + h1 + h1*h2 + h2 + 4*h2 + 4 (dense 378); 2x asks for 189."""
+    src = _ckpt(tmp_path)
+    out = tmp_path / "slim"
+    assert main(["shrink", "--model", str(src), "--target", "params=2x", *FAST, "--out", str(out)]) == 0
+    meta = json.loads((out / "prunekit.json").read_text())["extra"]["shrink"]
+    found = meta["target_search"]
+    assert meta["config"]["target"] == "params=2x" and found["target"] == "params=2x"
+    slim = load_checkpoint(out).model
+    h1, h2, _ = [m.out_features for m in slim if isinstance(m, torch.nn.Linear)]
+    params = 16 * h1 + h1 + h1 * h2 + h2 + 4 * h2 + 4
+    assert params == _params(slim) and found["reduction"] == pytest.approx(378 / params)
+    assert abs(found["reduction"] / 2 - 1) <= 0.05 and found["within_tolerance"] == (abs(found["reduction"] / 2 - 1) <= 0.01)
+    printed = capsys.readouterr().out
+    assert printed.startswith("target params=2x: ratio") and "fewer parameters" in (out / "report.md").read_text()
+
+
 def test_recipe_file_flags_override_and_set(tmp_path: Path) -> None:
     src = _ckpt(tmp_path)
     recipe = tmp_path / "shrink.yaml"
@@ -103,6 +120,9 @@ def test_shrink_twice_and_prune_keep_the_composed_plan(tmp_path: Path) -> None:
         (["--batch-size", "0"], "--batch-size"),
         (["--threads", "0"], "--threads"),
         (["--types", "Conv2d"], "removes no unit"),
+        (["--target", "flops=2x"], "target"),
+        (["--target", "macs=0.5"], "target.reduction"),
+        (["--target", "params=500x"], "unreachable"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], word: str) -> None:

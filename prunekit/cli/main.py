@@ -185,6 +185,7 @@ def _calibration_context(args: argparse.Namespace, model: Any) -> Any:
 
 SHRINK_EPILOG = """examples:
   prunekit shrink --model ckpt/ --ratio 0.5 --out slim/
+  prunekit shrink --model ckpt/ --target macs=2x --out slim/        # the ratio that halves the MACs is searched
   prunekit shrink --model ckpt/ --recipe shrink.yaml --batch-size 32 --out slim/
   prunekit shrink --model ckpt/ --ratio 0.5 --allocator '{name: global, max_fraction: 0.8}' --round-to 8 --out slim/
   prunekit shrink --model ckpt/ --scorer taylor --calibration mnist --exclude 'features.0' --out slim/
@@ -199,6 +200,7 @@ recipe file (YAML; every key optional, flags override it):
   round_to: 8
   types: [Linear, Conv2d]
   exclude: ["classifier*"]
+  # target: macs=2x                      # instead of ratio: a cost reduction (macs or params), ratio searched
 """
 _SHRINK_LIST_FIELDS = {"roles": "ROLE", "types": "TYPE", "include": "GLOB", "exclude": "GLOB"}
 
@@ -284,7 +286,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from prunekit.loaders import check_output_path, load_model
     from prunekit.structure.compare import compare_models
     from prunekit.structure.handlers import sync_attention_attributes_
-    from prunekit.structure.importance import config_to_dict, structured_plan
+    from prunekit.structure.importance import config_to_dict, plan_for_target, structured_plan
     from prunekit.structure.persist import compose_plans, save_slim
     from prunekit.structure.plan import apply_plan_
 
@@ -308,11 +310,11 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         M.finalize_(model)
     example = _example_for_shrink(args, loaded)
     ctx = _calibration_context(args, model)
-    plan = structured_plan(model, example, config, ctx)
+    search = plan_for_target(model, example, config, ctx) if config.target is not None else None
+    plan = search.plan if search is not None else structured_plan(model, example, config, ctx)
     if not plan.entries:
-        raise ConfigError(
-            "ratio", config.ratio, "removes no unit of any eligible group; raise it or check --types/--include/--exclude"
-        )
+        field, value = ("target", str(config.target)) if search is not None else ("ratio", config.ratio)
+        raise ConfigError(field, value, "removes no unit of any eligible group; raise it or check --types/--include/--exclude")
     slim = apply_plan_(copy.deepcopy(model), plan)
     sync_attention_attributes_(slim)
     rep = compare_models(model, slim, example, args.batch_size, args.repeats, threads=args.threads)
@@ -327,6 +329,12 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     unit_entries = [e for e in plan.entries if e.axis == "out" and e.module in modules]
     removed = sum(e.removed for e in unit_entries)
     extra["shrink"] = {"config": config_to_dict(config), "report": rep.to_dict(), "removed_out_units": removed}
+    if search is not None:
+        extra["shrink"]["target_search"] = {
+            "target": str(search.target), "ratio": search.ratio, "reduction": search.reduction, "plans": search.plans,
+            "within_tolerance": search.within,
+        }  # fmt: skip
+        md = f"{search.describe()}\n\n{md}"
     save_slim(
         out,
         slim,

@@ -46,6 +46,7 @@ are rounded *up* (never more removal than asked); at least one multiple always s
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 import math
@@ -65,10 +66,12 @@ from prunekit.registry import Registry
 from prunekit.scoring.base import SCORERS, AbstractScorer, ScoreContext, Target
 from prunekit.scoring.magnitude import Magnitude
 from prunekit.structure.attention import attention_split
+from prunekit.structure.compare import count_macs, count_params
 from prunekit.structure.from_masks import plan_for_groups, with_temporary_splits
 from prunekit.structure.graph import Group, Member, ModuleRole, build_groups
 from prunekit.structure.handlers import handler_for, model_tensor
-from prunekit.structure.plan import PrunePlan
+from prunekit.structure.plan import PrunePlan, apply_plan_
+from prunekit.structure.target import TARGET_HELP, Metric, ShrinkTarget, parse_target, solve_increasing
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +194,9 @@ class StructuredConfig:
     intermediate units) and its fqn is the tensor's path.
     """
 
-    ratio: float = field(default=0.5, metadata=_help("fraction of units removed, in [0, 1) (per group or overall)"))
+    ratio: float = field(
+        default=0.5, metadata=_help("fraction of units removed, in [0, 1) (per group or overall; searched when target is set)")
+    )
     scorer: AbstractScorer = field(default_factory=Magnitude, metadata=_help("element criterion (prunekit list scorers)"))
     reduction: Reduction = field(default="mean", metadata=_help("combine members' unit scores: sum, mean or max"))
     normalize: Normalization = field(default="mean", metadata=_help("per-member normalisation: none, mean, max or l2"))
@@ -207,9 +212,14 @@ class StructuredConfig:
     )
     include: tuple[str, ...] = field(default=(), metadata=_help("fqn globs: groups with a matching producer (empty: all)"))
     exclude: tuple[str, ...] = field(default=(), metadata=_help("producer fqn globs whose units are never removed"))
+    target: ShrinkTarget | None = field(
+        default=None, metadata=_help("a cost reduction instead of a ratio (the ratio is searched): macs=2x or params=1.5x")
+    )
     version: int = field(default=CONFIG_VERSION, metadata=_help("config format version"))
 
     def __post_init__(self) -> None:
+        if self.target is not None and not isinstance(self.target, ShrinkTarget):
+            object.__setattr__(self, "target", parse_target(self.target))
         if self.version != CONFIG_VERSION:
             raise ConfigError("version", self.version, f"this prunekit reads structured config version {CONFIG_VERSION}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= self.ratio < 1.0:
@@ -256,12 +266,15 @@ def config_from_dict(data: Any) -> StructuredConfig:
         data["scorer"] = build_component(SCORERS, data["scorer"], "scorer")
     if "allocator" in data:
         data["allocator"] = build_component(GROUP_ALLOCATORS, data["allocator"], "allocator")
+    if "target" in data:
+        data["target"] = parse_target(data["target"])
     return from_dict(StructuredConfig, data)
 
 
 def config_to_dict(config: StructuredConfig) -> dict[str, Any]:
     """Plain-data form (components carry their registered ``name``); :func:`config_from_dict` reads it back."""
     out: dict[str, Any] = to_dict(config)
+    out["target"] = None if config.target is None else str(config.target)
     return out
 
 
@@ -468,13 +481,23 @@ def removal_steps(scores: Tensor, multiple: int, atom: int = 1) -> tuple[Steps, 
     return Steps(n * atom, tuple(removed), tuple(score)), order
 
 
-def select_kept(
+@dataclass(frozen=True)
+class RankedGroup:
+    """A scored group: its index, atom size (units removed together), atom order (lowest score first), steps."""
+
+    index: int
+    atom: int
+    order: Tensor
+    steps: Steps
+
+
+def rank_groups(
     model: nn.Module, groups: Sequence[Group], config: StructuredConfig, ctx: ScoreContext | None = None
-) -> dict[int, Tensor]:
-    """``{group index: sorted kept unit indices}`` for every group that loses units (input of ``plan_for_groups``)."""
+) -> list[RankedGroup]:
+    """Score every eligible group once (:func:`group_scores`) and order its units for removal."""
     mods = dict(model.named_modules())
     scores = group_scores(model, groups, config, ctx)
-    plans: list[tuple[int, int, Tensor, Steps]] = []
+    ranked: list[RankedGroup] = []
     for i, s in scores.items():
         g = groups[i]
         ids = _atom_ids(mods, g)
@@ -486,19 +509,33 @@ def select_kept(
             atom = g.size // (int(ids.max()) + 1)
             s = s.reshape(-1, atom).mean(1)  # one score per normalisation group
         steps, order = removal_steps(s, group_multiple(g, config.round_to), atom)
-        plans.append((i, atom, order, steps))
-    taken = config.allocator.allocate([p[3] for p in plans], float(config.ratio))
+        ranked.append(RankedGroup(i, atom, order, steps))
+    return ranked
+
+
+def kept_for_ratio(
+    groups: Sequence[Group], ranked: Sequence[RankedGroup], allocator: AbstractGroupAllocator, ratio: float
+) -> dict[int, Tensor]:
+    """``{group index: sorted kept unit indices}`` for every group that loses units at ``ratio``."""
+    taken = allocator.allocate([r.steps for r in ranked], float(ratio))
     kept: dict[int, Tensor] = {}
-    for (i, atom, order, steps), t in zip(plans, taken, strict=True):
+    for r, t in zip(ranked, taken, strict=True):
         if t == 0:
             continue
-        gone_units = steps.removed[t - 1]
-        gone_atoms = order[: gone_units // atom]
-        keep = torch.ones(groups[i].size, dtype=torch.bool)
-        keep[(gone_atoms[:, None] * atom + torch.arange(atom)[None, :]).flatten()] = False
-        kept[i] = keep.nonzero().flatten()
-        log.info("group of %s: removing %d of %d units", groups[i].label, gone_units, groups[i].size)
+        gone_units = r.steps.removed[t - 1]
+        gone_atoms = r.order[: gone_units // r.atom]
+        keep = torch.ones(groups[r.index].size, dtype=torch.bool)
+        keep[(gone_atoms[:, None] * r.atom + torch.arange(r.atom)[None, :]).flatten()] = False
+        kept[r.index] = keep.nonzero().flatten()
+        log.debug("group of %s: removing %d of %d units", groups[r.index].label, gone_units, groups[r.index].size)
     return kept
+
+
+def select_kept(
+    model: nn.Module, groups: Sequence[Group], config: StructuredConfig, ctx: ScoreContext | None = None
+) -> dict[int, Tensor]:
+    """``{group index: sorted kept unit indices}`` for every group that loses units (input of ``plan_for_groups``)."""
+    return kept_for_ratio(groups, rank_groups(model, groups, config, ctx), config.allocator, float(config.ratio))
 
 
 def structured_plan(
@@ -508,7 +545,8 @@ def structured_plan(
     ctx: ScoreContext | None = None,
     groups: Sequence[Group] | None = None,
 ) -> PrunePlan:
-    """The plan that removes ``config.ratio`` of the eligible groups' units by group importance (module docstring).
+    """The plan that removes ``config.ratio`` of the eligible groups' units by group importance (module docstring),
+    or, when ``config.target`` is set, the plan :func:`plan_for_target` finds for that cost reduction.
 
     ``model`` is not changed; apply the plan with :func:`~prunekit.structure.plan.apply_plan_`. ``example_input``:
     what ``build_groups`` traces the model with (a tensor, a tuple, or a dict of keyword inputs for Hugging Face
@@ -524,9 +562,107 @@ def structured_plan(
     first, on ``model`` or on a freshly built original.
     """
     config = config if config is not None else StructuredConfig()
+    if config.target is not None:
+        return plan_for_target(model, example_input, config, ctx, groups).plan
     with attention_split(model, enabled=groups is None) as split:
         if split:
             log.info("scoring attention heads: %d nn.MultiheadAttention modules split for the analysis", len(split))
         gs = list(groups) if groups is not None else build_groups(model, example_input)
         plan = plan_for_groups(model, gs, select_kept(model, gs, config, ctx))  # its split: attention split before
         return with_temporary_splits(model, plan, split)
+
+
+@dataclass(frozen=True)
+class TargetSearch:
+    """What :func:`plan_for_target` found: the plan, its ratio, and the cost reduction it reaches."""
+
+    target: ShrinkTarget
+    plan: PrunePlan
+    ratio: float
+    reduction: float  # dense cost / slim cost of ``plan``
+    dense_cost: int
+    cost: int
+    plans: int  # candidate plans built and measured
+    reachable: bool  # some ratio up to MAX_TARGET_RATIO reaches the target (within the tolerance)
+    within: bool  # |reduction / target - 1| <= tolerance
+
+    def describe(self) -> str:
+        """One line: target, reached reduction, ratio, number of plans."""
+        what = "parameters" if self.target.metric == "params" else "MACs"
+        return (
+            f"target {self.target}: ratio {self.ratio:.4f} gives {self.reduction:.3f}x fewer {what} "
+            f"({self.dense_cost:,} -> {self.cost:,}; {self.plans} plans tried)"
+        )
+
+
+MAX_TARGET_RATIO = 0.95  # the largest removal ratio a target search tries
+
+
+def model_cost(model: nn.Module, example_input: Any, metric: Metric) -> int:
+    """Parameters (each shared tensor once) or MACs of one forward pass on ``example_input``."""
+    return count_params(model) if metric == "params" else count_macs(model, example_input)
+
+
+def plan_for_target(
+    model: nn.Module,
+    example_input: Any,
+    config: StructuredConfig,
+    ctx: ScoreContext | None = None,
+    groups: Sequence[Group] | None = None,
+    tolerance: float = 0.01,
+    max_plans: int = 16,
+    strict: bool = True,
+) -> TargetSearch:
+    """The removal ratio (uniform: per group; global: overall) whose plan reduces the model's cost by
+    ``config.target``, found by :func:`~prunekit.structure.target.solve_increasing` on
+    ``g(r) = (dense cost / cost of the slim model at r) / reduction - 1``.
+
+    Units are scored once (:func:`rank_groups`); each candidate ratio re-allocates (:func:`kept_for_ratio`), builds
+    its plan and measures a slim copy of the model (the model itself is not changed). Costs are step functions of
+    the ratio, so the search stops within ``tolerance`` of the target or after ``max_plans`` plans, returning the
+    closest plan seen (ties: the smaller ratio) with a warning when it is not within ``tolerance``. Raises
+    :class:`~prunekit.errors.ConfigError` naming ``target`` when even ratio ``MAX_TARGET_RATIO`` falls short (the
+    message gives the reduction that ratio reaches; with ``strict=False`` that closest plan is returned with
+    ``reachable`` False), or when the target is not set. ``groups``, ``ctx`` and the
+    attention split: as :func:`structured_plan`.
+    """
+    target = config.target
+    if target is None:
+        raise ConfigError("target", None, f"missing: plan_for_target needs a cost target, {TARGET_HELP}")
+    if not 0.0 < tolerance < 1.0:
+        raise ConfigError("tolerance", tolerance, "must be in (0, 1)")
+    if max_plans < 1:
+        raise ConfigError("max_plans", max_plans, "must be a positive integer")
+    with attention_split(model, enabled=groups is None) as split:
+        gs = list(groups) if groups is not None else build_groups(model, example_input)
+        ranked = rank_groups(model, gs, config, ctx)
+        dense = model_cost(model, example_input, target.metric)
+        built: dict[float, tuple[PrunePlan, int]] = {}
+
+        def g(r: float) -> float:
+            plan = plan_for_groups(model, gs, kept_for_ratio(gs, ranked, config.allocator, r))
+            cost = model_cost(apply_plan_(copy.deepcopy(model), plan), example_input, target.metric)
+            built[r] = (plan, cost)
+            return dense / max(cost, 1) / target.reduction - 1.0
+
+        start = min(MAX_TARGET_RATIO, 1.0 - target.reduction**-0.5)  # exact when costs are quadratic in every width
+        seen = solve_increasing(g, 0.0, MAX_TARGET_RATIO, 1.0 / target.reduction - 1.0, start, tolerance, max_plans)
+        best, v = min(seen, key=lambda p: (abs(p[1]), p[0]))
+        top = max(p[1] for p in seen)
+        if strict and top < -tolerance and max(p[0] for p in seen) >= MAX_TARGET_RATIO:
+            reached = (top + 1.0) * target.reduction
+            raise ConfigError(
+                "target", str(target),
+                f"unreachable: removing {MAX_TARGET_RATIO:.0%} of the eligible units gives {reached:.3g}x; ask for less "
+                "or make more groups eligible (--types, --include, --exclude)",
+            )  # fmt: skip
+        plan, cost = built[best]
+        result = TargetSearch(
+            target, with_temporary_splits(model, plan, split), best, (v + 1.0) * target.reduction, dense, cost,
+            len(seen), top >= -tolerance, abs(v) <= tolerance,
+        )  # fmt: skip
+    if not result.within:
+        log.warning("%s; the closest plan the search found (costs change in steps)", result.describe())
+    else:
+        log.info("%s", result.describe())
+    return result
