@@ -29,6 +29,8 @@ from prunekit.structure.handlers import StructureError as StructureError
 from prunekit.structure.handlers import handler_for as handler_for
 from prunekit.structure.handlers import sync_attention_attributes_ as sync_attention_attributes_
 from prunekit.structure.importance import StructuredConfig as StructuredConfig
+from prunekit.structure.importance import TargetSearch as TargetSearch
+from prunekit.structure.importance import plan_for_target as plan_for_target
 from prunekit.structure.importance import structured_plan as structured_plan
 from prunekit.structure.persist import compose_plans as compose_plans
 from prunekit.structure.persist import load_slim as load_slim
@@ -38,4 +40,5 @@ from prunekit.structure.plan import PlanEntry as PlanEntry
 from prunekit.structure.plan import PlanError as PlanError
 from prunekit.structure.plan import PrunePlan as PrunePlan
 from prunekit.structure.plan import apply_plan_ as apply_plan_
+from prunekit.structure.target import ShrinkTarget as ShrinkTarget
 from prunekit.structure.skip import SkipBlock as SkipBlock
