@@ -40,5 +40,5 @@ from prunekit.structure.plan import PlanEntry as PlanEntry
 from prunekit.structure.plan import PlanError as PlanError
 from prunekit.structure.plan import PrunePlan as PrunePlan
 from prunekit.structure.plan import apply_plan_ as apply_plan_
-from prunekit.structure.target import ShrinkTarget as ShrinkTarget
 from prunekit.structure.skip import SkipBlock as SkipBlock
+from prunekit.structure.target import ShrinkTarget as ShrinkTarget
