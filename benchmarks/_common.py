@@ -368,7 +368,7 @@ def fmt_gib(nbytes: float) -> str:
 # Models and the four variants compared by core_overhead and core_memory
 # ---------------------------------------------------------------------------------------------------------
 
-VARIANTS = ("dense", "prunekit-inplace", "prunekit-reparam", "torch-prune")
+VARIANTS = ("dense", "prunekit-inplace", "prunekit-packed", "prunekit-reparam", "torch-prune")
 
 
 def lenet_300_100() -> torch.nn.Module:
@@ -415,7 +415,7 @@ def build_variant(
     model = copy.deepcopy(base)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     pruner = None
-    if kind in ("prunekit-inplace", "prunekit-reparam"):
+    if kind in ("prunekit-inplace", "prunekit-packed", "prunekit-reparam"):
         mode = kind.split("-")[1]
         pruner = Pruner(PruneRecipe(sparsity=sparsity, mode=mode)).attach(model, opt)  # type: ignore[arg-type]
         pruner.prune_()

@@ -1,4 +1,4 @@
-"""Resident bytes of a masked model: dense vs prunekit (in place, reparam) vs torch.nn.utils.prune.
+"""Resident bytes of a masked model: dense vs prunekit (in place, packed, reparam) vs torch.nn.utils.prune.
 
 Two measures per model, both deduplicated by storage (a tensor viewed twice counts once):
 
@@ -50,7 +50,7 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict[str, Any] = {}
     rows = []
-    worst = 0.0
+    worst = worst_packed = 0.0
     for name, build in C.MODELS.items():
         base = build()
         x = torch.randn(2, 1, 28, 28)
@@ -60,14 +60,20 @@ def main() -> None:
             model(x)  # torch prune's forward pre-hook (re)creates `weight`; nothing else changes
             per[v] = measure(model)
             if v == "prunekit-inplace":
-                masked = sum(mp.mask.numel() for mp in M.masked_params(model))
-                per[v]["masked_elements"] = masked
+                sizes = [mp.mask.numel() for mp in M.masked_params(model)]
+                per[v]["masked_elements"] = sum(sizes)
         dense = per["dense"]
         for v in C.VARIANTS:
             r = per[v]
             r["ratio_params_buffers"] = r["params_buffers"] / dense["params_buffers"]
             r["ratio_all_module_tensors"] = r["all_module_tensors"] / dense["all_module_tensors"]
-            mask_desc = {"dense": "—", "prunekit-inplace": "bool", "prunekit-reparam": "bool", "torch-prune": "float32"}[v]
+            mask_desc = {
+                "dense": "—",
+                "prunekit-inplace": "bool",
+                "prunekit-packed": "1 bit per entry",
+                "prunekit-reparam": "bool",
+                "torch-prune": "float32",
+            }[v]
             rows.append(
                 [
                     name,
@@ -80,9 +86,11 @@ def main() -> None:
                 ]
             )
         masked = per["prunekit-inplace"]["masked_elements"]
-        packed = (dense["params_buffers"] + math.ceil(masked / 8)) / dense["params_buffers"]
-        per["bit_packed_estimate_ratio"] = packed  # type: ignore[assignment]
+        packed_floor = dense["params_buffers"] + sum(math.ceil(n / 8) for n in sizes)
+        if per["prunekit-packed"]["params_buffers"] != packed_floor:  # one ceil(n/8)-byte buffer per masked tensor
+            raise RuntimeError(f"{name}: packed masks hold {per['prunekit-packed']['params_buffers']} B, expected {packed_floor}")
         worst = max(worst, per["prunekit-inplace"]["ratio_params_buffers"])
+        worst_packed = max(worst_packed, per["prunekit-packed"]["ratio_params_buffers"])
         results[name] = {"dense_param_count": sum(p.numel() for p in base.parameters()), "masked_elements": masked, **per}
     floor = 1 + 1 / 4  # one bool byte per float32 weight
     section = {
@@ -105,18 +113,22 @@ def main() -> None:
         ],
         "goals": [
             {
-                "goal": f"in-place masks: params+buffers <= {GOAL}x dense",
+                "goal": f"in-place masks, mode packed (1 bit per entry): params+buffers <= {GOAL}x dense",
+                "measured": f"worst {worst_packed:.3f}x",
+                "met": worst_packed <= GOAL,
+            },
+            {
+                "goal": f"in-place masks, mode inplace (the default, a bool buffer): params+buffers <= {GOAL}x dense",
                 "measured": f"worst {worst:.3f}x",
                 "met": worst <= GOAL,
-            }
+            },
         ],
         "notes": [
             f"A bool mask costs 1 byte per float32 weight (4 bytes), so a model whose weights are all masked sits just under "
             f"{floor:.2f}x (only the unmasked biases dilute it); {GOAL}x is below that floor for float32 weights whatever "
-            "the enforcement code does. "
-            "A bit-packed mask (1 bit per weight) would give "
-            + ", ".join(f"{n} {results[n]['bit_packed_estimate_ratio']:.3f}x" for n in results)
-            + ", but the mask is specified as a bool buffer in state_dict.",
+            "the enforcement code does. Mode `packed` keeps the same in-place enforcement with the mask stored as "
+            "bits (a uint8 buffer of ceil(n/8) bytes per masked tensor, checked exactly here): 1/32 of the float32 "
+            "weights. Its training-step cost (each use unpacks the bits) is in the overhead table.",
             "torch.nn.utils.prune: weight_orig (parameter) + float32 weight_mask (buffer) in params+buffers; the "
             "materialised `weight = weight_orig * weight_mask` attribute appears under 'all module tensors'.",
             "prunekit-reparam computes `original * mask` inside every forward (a temporary, not kept); in-place has no "
@@ -127,8 +139,8 @@ def main() -> None:
     C.update_section("memory", lambda prev: section)
     for row in rows:
         print(" | ".join(row))
-    g = section["goals"][0]
-    print(("MET    " if g["met"] else "NOT MET"), g["goal"], "->", g["measured"])
+    for g in section["goals"]:
+        print(("MET    " if g["met"] else "NOT MET"), g["goal"], "->", g["measured"])
     print(f"wrote {C.JSON_PATH} and {C.MD_PATH}")
 
 

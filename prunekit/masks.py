@@ -6,6 +6,12 @@ Two enforcement modes behind one switch:
   zero. Its gradient is masked as soon as it is accumulated, the weight is re-zeroed after every step of a
   bound optimizer, and the optimizer state of pruned entries (momentum, Adam moments) is cleared whenever the
   mask changes. The mask buffer is ``<param>_mask`` on the owning module.
+* ``"packed"``: in place, as ``"inplace"``, with the mask stored as bits: ``<param>_mask`` is a 1-D ``uint8`` buffer of
+  ``ceil(numel / 8)`` bytes (bit ``j`` of byte ``i`` is entry ``8 i + j`` of the flattened tensor, 1 = kept), an
+  overhead of 1/32 of float32 weights instead of 1/4. Every use unpacks it into a temporary (the gradient
+  hook, the re-zeroing after each optimizer step), so training steps cost more than with ``"inplace"``; it is meant
+  for models whose masks would not fit as one byte per weight (a 7B-parameter model: 7 GB of bool masks, 0.9 GB
+  packed). :func:`get_mask` returns an unpacked copy; change packed masks with :func:`update_mask_`.
 * ``"reparam"``: ``torch.nn.utils.parametrize`` computes ``weight = original * mask`` on the fly, so the
   dense ``original`` keeps receiving gradients through the mask (or straight through it with
   ``straight_through=True``), as movement pruning, straight-through masks and RigL need. The mask buffer lives
@@ -16,6 +22,7 @@ Two enforcement modes behind one switch:
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +34,9 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import MaskError
 
-MaskMode = Literal["inplace", "reparam"]
-MODES: tuple[MaskMode, ...] = ("inplace", "reparam")
+MaskMode = Literal["inplace", "packed", "reparam"]
+MODES: tuple[MaskMode, ...] = ("inplace", "packed", "reparam")
+IN_PLACE: tuple[MaskMode, ...] = ("inplace", "packed")  # enforced on the parameter itself, buffer <param>_mask
 _STATE_ATTR = "_prunekit_masks"  # module attribute: {param name: _MaskState}; not part of state_dict
 
 
@@ -53,6 +61,31 @@ class _MaskState:
     mode: MaskMode
     grad_hook: Any = None  # RemovableHandle of the in-place gradient hook
     hooked: Any = None  # weakref to the parameter that carries grad_hook (a deep copy has a new parameter)
+    shape: tuple[int, ...] = ()  # the parameter's shape, for unpacking a packed mask
+
+
+_BITS = torch.arange(8, dtype=torch.uint8)  # bit j of a packed byte is entry 8 i + j
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A boolean tensor -> 1-D ``uint8`` of ``ceil(numel / 8)`` bytes; bit ``j`` of byte ``i`` = entry ``8 i + j``."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = -flat.numel() % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return (flat.view(-1, 8) << _BITS.to(flat.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """Inverse of :func:`pack_bits` as a ``uint8`` tensor of 0/1 entries of ``shape`` (the form weights are multiplied by)."""
+    n = math.prod(shape)
+    bits = (packed.unsqueeze(1) >> _BITS.to(packed.device)).bitwise_and_(1)  # (bytes, 8)
+    return bits.view(-1)[:n].view(shape)
+
+
+def packed_size(shape: tuple[int, ...] | torch.Size) -> int:
+    """Bytes of the packed mask of a tensor of ``shape``."""
+    return -(-math.prod(shape) // 8)
 
 
 @dataclass(frozen=True)
@@ -109,9 +142,13 @@ def raw_param(module: nn.Module, name: str) -> Tensor:
 
 
 def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
-    mode = mask_mode(module, name)
+    """The boolean mask of ``module.<name>`` (True = kept): the buffer itself, or for ``"packed"`` an unpacked copy."""
+    st = module.__dict__.get(_STATE_ATTR, {}).get(name)
+    mode = st.mode if st else None
     if mode == "inplace":
         return module._buffers[f"{name}_mask"]  # type: ignore[return-value]
+    if mode == "packed":
+        return unpack_bits(module._buffers[f"{name}_mask"], st.shape).bool()  # type: ignore[arg-type]
     if mode == "reparam":
         return _parametrization(module, name).mask  # type: ignore[return-value]
     raise MaskError(f"{type(module).__name__}.{name} has no prunekit mask")
@@ -130,15 +167,23 @@ def _check_mask(param: Tensor, mask: Tensor, where: str) -> Tensor:
     return mask.to(device=param.device, dtype=torch.bool)
 
 
-def _grad_hook(module_ref: weakref.ref[nn.Module], name: str) -> Any:
+def _keep_u8(module: nn.Module, name: str, st: _MaskState) -> Tensor:
+    """The in-place mask as 0/1 ``uint8`` of the parameter's shape (multiplying by the bool mask's uint8 view is
+    several times faster on CPU than by the bool tensor itself: bool is not a vectorised dtype there)."""
+    buf: Tensor = module._buffers[f"{name}_mask"]  # type: ignore[assignment]
+    return unpack_bits(buf, st.shape) if st.mode == "packed" else buf.view(torch.uint8)
+
+
+def _grad_hook(module_ref: weakref.ref[nn.Module], name: str, st: _MaskState) -> Any:
     key = f"{name}_mask"
+    packed = st.mode == "packed"
 
     def hook(p: Tensor) -> None:
-        # Runs once per masked tensor per backward: keep the Python path minimal. Multiplying by the mask's uint8
-        # view is several times faster on CPU than by the bool tensor itself (bool is not a vectorised dtype there).
+        # Runs once per masked tensor per backward: keep the Python path minimal.
         grad, module = p.grad, module_ref()
         if grad is not None and module is not None:
-            grad.mul_(module._buffers[key].view(torch.uint8))  # type: ignore[union-attr]
+            buf: Tensor = module._buffers[key]  # type: ignore[assignment]
+            grad.mul_(unpack_bits(buf, st.shape) if packed else buf.view(torch.uint8))
 
     return hook
 
@@ -146,7 +191,7 @@ def _grad_hook(module_ref: weakref.ref[nn.Module], name: str) -> Any:
 def _install_grad_hook(module: nn.Module, name: str, st: _MaskState) -> None:
     p = module._parameters[name]
     assert p is not None
-    st.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook(weakref.ref(module), name))
+    st.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook(weakref.ref(module), name, st))
     st.hooked = weakref.ref(p)
 
 
@@ -161,7 +206,7 @@ def _ensure_grad_hooks(module: nn.Module, args: Any) -> None:
     the module) keeps every copy of a masked model enforcing its own masks.
     """
     for name, st in module.__dict__.get(_STATE_ATTR, {}).items():
-        if st.mode == "inplace" and not _hook_is_live(module, name, st):
+        if st.mode in IN_PLACE and not _hook_is_live(module, name, st):
             _install_grad_hook(module, name, st)
 
 
@@ -169,8 +214,8 @@ def _ensure_grad_hooks(module: nn.Module, args: Any) -> None:
 def _rezero_after_load(module: nn.Module, incompatible: Any) -> None:
     """load_state_dict post-hook: loaded weights may be dense; re-apply in-place masks."""
     for name, st in module.__dict__.get(_STATE_ATTR, {}).items():
-        if st.mode == "inplace":
-            getattr(module, name).mul_(module._buffers[f"{name}_mask"].view(torch.uint8))  # type: ignore[union-attr]
+        if st.mode in IN_PLACE:
+            getattr(module, name).mul_(_keep_u8(module, name, st))
 
 
 def _module_hooks(module: nn.Module, install: bool) -> None:
@@ -193,7 +238,7 @@ def attach_mask_(
     mode: MaskMode = "inplace",
     straight_through: bool = False,
 ) -> Tensor:
-    """Give ``module.<name>`` a mask (all ones by default) and start enforcing it. Returns the mask buffer."""
+    """Give ``module.<name>`` a mask (all ones by default) and start enforcing it. Returns :func:`get_mask`."""
     if mode not in MODES:
         from prunekit.errors import ConfigError
 
@@ -205,13 +250,13 @@ def attach_mask_(
         raise MaskError(f"{type(module).__name__} has no tensor named {name!r}")
     where = f"{type(module).__name__}.{name}"
     m = torch.ones_like(param, dtype=torch.bool) if mask is None else _check_mask(param, mask, where).clone()
-    st = _MaskState(mode)
-    if mode == "inplace":
+    st = _MaskState(mode, shape=tuple(param.shape))
+    if mode in IN_PLACE:
         if f"{name}_mask" in module._buffers or hasattr(module, f"{name}_orig"):
             raise MaskError(f"{where}: found torch.nn.utils.prune state; import it with from_torch_prune_ first")
         if name not in module._parameters:
             raise MaskError(f"{where} is not a parameter of the module; in-place masks need an nn.Parameter")
-        module.register_buffer(f"{name}_mask", m)
+        module.register_buffer(f"{name}_mask", pack_bits(m) if mode == "packed" else m)
         with torch.no_grad():
             param.mul_(m)
         _install_grad_hook(module, name, st)
@@ -225,9 +270,17 @@ def attach_mask_(
 @torch.no_grad()
 def update_mask_(module: nn.Module, name: str, mask: Tensor) -> None:
     """Replace the mask's contents (the buffer object is kept, so optimizer hooks and state_dict stay valid)."""
+    mode = mask_mode(module, name)
+    where = f"{type(module).__name__}.{name}"
+    if mode == "packed":
+        param = raw_param(module, name)
+        m = _check_mask(param, mask, where)
+        module._buffers[f"{name}_mask"].copy_(pack_bits(m))  # type: ignore[union-attr]
+        param.mul_(m)
+        return
     buf = get_mask(module, name)
-    buf.copy_(_check_mask(buf, mask, f"{type(module).__name__}.{name}"))
-    if mask_mode(module, name) == "inplace":
+    buf.copy_(_check_mask(buf, mask, where))
+    if mode == "inplace":
         raw_param(module, name).mul_(buf)
 
 
@@ -245,9 +298,9 @@ def apply_masks_(model: nn.Module) -> None:
         if not states:
             continue
         for name, st in states.items():
-            p = module._parameters.get(name) if st.mode == "inplace" else None
+            p = module._parameters.get(name) if st.mode in IN_PLACE else None
             if p is not None:
-                p.mul_(module._buffers[f"{name}_mask"].view(torch.uint8))  # type: ignore[union-attr]
+                p.mul_(_keep_u8(module, name, st))
 
 
 def masked_params(model: nn.Module) -> Iterator[MaskedParam]:
@@ -267,15 +320,15 @@ def detach_mask_(module: nn.Module, name: str = "weight", bake: bool = True) -> 
     st = _states(module).pop(name, None)
     if st is None:
         raise MaskError(f"{type(module).__name__}.{name} has no prunekit mask")
-    if st.mode == "inplace":
+    if st.mode in IN_PLACE:
         if _hook_is_live(module, name, st):
             st.grad_hook.remove()
-        if not any(x.mode == "inplace" for x in _states(module).values()):
+        if not any(x.mode in IN_PLACE for x in _states(module).values()):
             _module_hooks(module, install=False)
-        mask = module._buffers.pop(f"{name}_mask")
         if bake:
             with torch.no_grad():
-                getattr(module, name).mul_(mask)
+                getattr(module, name).mul_(_keep_u8(module, name, st))
+        module._buffers.pop(f"{name}_mask")
     else:
         # copy.deepcopy shares the generated Parametrized<Class> between copies, and removing a parametrization
         # deletes the property from that class; a private class keeps the other copies intact.
@@ -354,13 +407,14 @@ def restore_masks_(model: nn.Module, state_dict: dict[str, Tensor], modes: dict[
     """Attach masks for every mask key in ``state_dict`` that ``model`` lacks, so ``load_state_dict`` can fill them.
 
     ``modes`` maps "<module fqn>.<param>" to its mode (from checkpoint metadata); keys are recognised both as
-    ``<fqn>.<param>_mask`` (in place) and ``<fqn>.parametrizations.<param>.0.mask`` (reparam).
+    ``<fqn>.<param>_mask`` (in place: ``packed`` when the tensor is ``uint8``) and
+    ``<fqn>.parametrizations.<param>.0.mask`` (reparam).
     """
     modes = modes or {}
     found: dict[str, MaskMode] = {}
-    for k in state_dict:
+    for k, v in state_dict.items():
         if k.endswith("_mask") and not k.endswith("parametrizations"):
-            found[k[: -len("_mask")]] = "inplace"
+            found[k[: -len("_mask")]] = "packed" if v.dtype == torch.uint8 else "inplace"
         elif ".parametrizations." in f".{k}" and k.endswith(".0.mask"):
             head, _, tail = f".{k}".rpartition(".parametrizations.")
             found[f"{head[1:]}.{tail.split('.')[0]}".lstrip(".")] = "reparam"

@@ -67,7 +67,9 @@ class PruneRecipe:
     )
     targets: Targets = field(default_factory=Targets, metadata=_help("which tensors are pruned"))
     overrides: dict[str, float] = field(default_factory=dict, metadata=_help("fqn glob -> sparsity for those layers"))
-    mode: MaskMode = field(default="inplace", metadata=_help("mask enforcement: inplace or reparam"))
+    mode: MaskMode = field(
+        default="inplace", metadata=_help("mask enforcement: inplace, packed (in place, 1 bit per entry) or reparam")
+    )
     nested: bool = field(default=True, metadata=_help("pruned units stay pruned at later updates"))
     version: int = field(default=RECIPE_VERSION, metadata=_help("recipe format version"))
 

@@ -9,7 +9,7 @@ from prunekit.models import build_model
 from prunekit.testing.models import TiedEmbeddingLM, TinyMLP
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 def test_round_trip_restores_masks_into_a_plain_model(tmp_path, mode):
     m = TinyMLP()
     Pruner(PruneRecipe(sparsity=0.6, mode=mode)).attach(m).prune_()

@@ -149,7 +149,7 @@ def test_iterative_rounds_prune_geometrically_and_keep_earlier_masks(tmp_path):
     assert m["sparsity"]["masked"] == pytest.approx(0.875, abs=2e-3) and m["epochs"] == 4
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 def test_rewind_to_init_keeps_the_mask_and_restores_the_initial_weights(tmp_path, mode):
     e = exp(pruning={"sparsity": 0.6, "mode": mode}, phases=["train", "prune", {"rewind": "init"}])
     run_dir = run_experiment(e, tmp_path).run_dir

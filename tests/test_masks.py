@@ -2,11 +2,23 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune as tprune
 
 from prunekit import MaskError, attach_mask_, bind_optimizer_, finalize_, from_torch_prune_, get_mask, masks_of, to_torch_prune_
-from prunekit.masks import clear_optimizer_state_, masked_params, raw_param, restore_masks_, update_mask_
+from prunekit.masks import (
+    clear_optimizer_state_,
+    mask_mode,
+    masked_params,
+    pack_bits,
+    packed_size,
+    raw_param,
+    restore_masks_,
+    unpack_bits,
+    update_mask_,
+)
 from prunekit.testing.models import TinyConvNet, TinyMLP
 
 
@@ -40,7 +52,8 @@ def test_mask_is_a_bool_buffer_in_state_dict(mode):
         lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
     ],
 )
-def test_inplace_pruned_entries_never_revive(opt_cls):
+@pytest.mark.parametrize("mode", ["inplace", "packed"])
+def test_inplace_pruned_entries_never_revive(opt_cls, mode):
     m = TinyConvNet()
     opt = opt_cls(m.parameters())
     # Train densely first so that momentum / Adam moments are non-zero everywhere.
@@ -48,7 +61,7 @@ def test_inplace_pruned_entries_never_revive(opt_cls):
         opt.zero_grad()
         m(torch.randn(4, 3, 6, 6)).square().mean().backward()
         opt.step()
-    _random_masks(m, "inplace")
+    _random_masks(m, mode)
     bind_optimizer_(m, opt)
     assert clear_optimizer_state_(opt, m) > 0
     for _ in range(100):
@@ -83,7 +96,7 @@ def test_reparam_straight_through_passes_dense_gradient():
     assert raw_param(lin, "weight").grad.ne(0).all()
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 def test_finalize_leaves_plain_module_with_same_outputs(mode):
     m = TinyConvNet().eval()
     _random_masks(m, mode)
@@ -143,16 +156,17 @@ def test_torch_prune_round_trip():
     assert torch.allclose(m(x), ref)
 
 
-def test_deepcopy_keeps_masks_enforced():
+@pytest.mark.parametrize("mode", ["inplace", "packed"])
+def test_deepcopy_keeps_masks_enforced(mode):
     m = TinyMLP()
-    _random_masks(m, "inplace")
+    _random_masks(m, mode)
     c = copy.deepcopy(m)
     c(torch.randn(2, 16)).sum().backward()
     for mp in masked_params(c):
         assert mp.param.grad[~mp.mask].eq(0).all()
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 def test_deepcopy_is_independent_of_original(mode):
     m = TinyMLP()
     _random_masks(m, mode)
@@ -166,5 +180,59 @@ def test_deepcopy_is_independent_of_original(mode):
     opt.step()
     for mp in masked_params(m):
         assert getattr(mp.module, mp.name)[~mp.mask].eq(0).all()  # the effective weight
-        if mode == "inplace":
+        if mode != "reparam":
             assert mp.param.grad[~mp.mask].eq(0).all()
+
+
+# -- packed masks: one bit per entry ---------------------------------------------------------------------------------
+
+
+def test_bit_order_hand_computed():
+    mask = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)  # entries 0, 2, 3 | 8, 9
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.tolist() == [1 + 4 + 8, 1 + 2]
+    assert torch.equal(unpack_bits(packed, (1, 10)), mask.to(torch.uint8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), density=st.floats(0.0, 1.0), seed=st.integers(0, 999))
+def test_pack_unpack_round_trip(shape, density, seed):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < density
+    packed = pack_bits(mask)
+    assert packed.numel() == packed_size(mask.shape) == -(-mask.numel() // 8)
+    assert torch.equal(unpack_bits(packed, mask.shape).bool(), mask)
+
+
+def test_packed_buffer_is_one_bit_per_entry_and_round_trips_state_dict():
+    m = TinyConvNet()
+    _random_masks(m, "packed")
+    sd = m.state_dict()
+    for mp in masked_params(m):
+        buf = sd[f"{mp.key}_mask"]
+        assert mask_mode(mp.module, mp.name) == "packed"
+        assert buf.dtype == torch.uint8 and buf.shape == (-(-mp.param.numel() // 8),)
+        assert mp.mask.dtype == torch.bool and mp.mask.shape == mp.param.shape
+        assert mp.param[~mp.mask].eq(0).all()
+    fresh = TinyConvNet()
+    assert restore_masks_(fresh, sd) == 3  # uint8 mask buffers are recognised as packed
+    fresh.load_state_dict(sd)
+    for k, v in masks_of(m).items():
+        assert torch.equal(masks_of(fresh)[k], v)
+    assert all(mask_mode(mp.module, mp.name) == "packed" for mp in masked_params(fresh))
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(m.eval()(x), fresh.eval()(x))
+
+
+def test_packed_update_keeps_the_buffer_and_loading_dense_weights_rezeroes():
+    lin = nn.Linear(3, 2)
+    attach_mask_(lin, "weight", mode="packed")
+    buf = lin.weight_mask
+    new = torch.tensor([[True, False, True], [False, False, True]])
+    update_mask_(lin, "weight", new)
+    assert lin.weight_mask is buf and buf.tolist() == [1 + 4 + 32]  # entries 0, 2, 5
+    assert torch.equal(get_mask(lin, "weight"), new) and lin.weight[~new].eq(0).all()
+    sd = nn.Linear(3, 2).state_dict() | {"weight_mask": buf.clone()}
+    lin.load_state_dict(sd)
+    assert lin.weight[~new].eq(0).all() and lin.weight[new].ne(0).all()
+    with pytest.raises(MaskError, match=r"mask shape \(2, 2\)"):
+        update_mask_(lin, "weight", torch.ones(2, 2, dtype=torch.bool))

@@ -93,7 +93,7 @@ def test_recipe_errors():
         Pruner(PruneRecipe(sparsity=0.5)).prune_()
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 @pytest.mark.parametrize("scorer", [None, RandomScore(seed=3)])
 def test_interrupt_and_resume_is_bit_identical(tmp_path, mode, scorer):
     fields = {"scorer": scorer} if scorer else {}

@@ -164,7 +164,7 @@ def resume_setup(tmp_path, mode):
     return make
 
 
-@pytest.mark.parametrize("mode", ["inplace", "reparam"])
+@pytest.mark.parametrize("mode", ["inplace", "packed", "reparam"])
 # 4 batches per epoch, checkpoints every 5 steps and at epoch ends. ("step", 7): killed two steps after the
 # mid-epoch checkpoint at step 5, so steps 6-7 are redone; ("epoch", 8): killed right after the epoch-2 checkpoint.
 @pytest.mark.parametrize("stop_at", [("step", 7), ("epoch", 8)])
