@@ -83,6 +83,11 @@ BENCHES = (
             " added after `tuned` missed by 0.003 points; neither closes the gap. The pruned networks train 15-36"
             " epochs in all against the dense phase's 6: the control `dense_long` trains the dense network 36 epochs"
             " and ends worse than the 6-epoch dense phase, so the goal is judged against the better (6-epoch) baseline.",
+            "`l2`, the fifth attempt, is `tuned` with the L2 weight decay of Caffe's LeNet solver (5e-4 instead of 1e-4)"
+            " while retraining, as Han et al. 2015 (section 3.1) retrain with L2 regularisation; it meets the goal"
+            " (+0.027 points, every seed within +0.04). The same seeds and dense phases serve all five attempts; the"
+            " seed-to-seed spread of one attempt (0.02-0.06 points) is of the order of the differences between"
+            " attempts, so the other four are kept in the table rather than dropped.",
         ),
     ),
     Bench(
