@@ -1,6 +1,6 @@
 """Masks: one boolean buffer per pruned tensor, saved in ``state_dict`` and restored by ``load_state_dict``.
 
-Two enforcement modes behind one switch:
+Two enforcement modes (in place, reparametrized) behind one switch, the in-place one with two storages:
 
 * ``"inplace"`` (default): the parameter stays an ordinary ``nn.Parameter`` whose pruned entries are exactly
   zero. Its gradient is masked as soon as it is accumulated, the weight is re-zeroed after every step of a
